@@ -1,0 +1,135 @@
+//! A lean reader of the JSON event Lambda delivers from a Kinesis event source mapping.
+//!
+//! `aws_lambda_events::KinesisEvent` allocates a dozen strings per record that the
+//! projector never reads. This reader borrows the three fields it needs (`eventID` for the
+//! shard, `sequenceNumber`, `data`) and skips the rest, then decodes base64 into one arena
+//! where each record starts 16-byte aligned, so records are read in place.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rkyv::util::AlignedVec;
+use serde::Deserialize;
+
+use super::CodecError;
+use super::record::PAYLOAD_ALIGN;
+
+/// The Lambda Kinesis event, borrowed from the input JSON.
+#[derive(Debug, Deserialize)]
+pub struct KinesisBatch<'a> {
+    #[serde(rename = "Records", borrow)]
+    pub records: Vec<KinesisRecordRef<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KinesisRecordRef<'a> {
+    /// `shardId-000000000006:<sequence number>`; absent in some hand-made events.
+    #[serde(rename = "eventID", borrow, default)]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub kinesis: KinesisDataRef<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KinesisDataRef<'a> {
+    #[serde(rename = "sequenceNumber", borrow)]
+    pub sequence_number: Cow<'a, str>,
+    #[serde(rename = "partitionKey", borrow, default)]
+    pub partition_key: Cow<'a, str>,
+    /// Base64 of the record's bytes.
+    #[serde(borrow)]
+    pub data: Cow<'a, str>,
+}
+
+impl<'a> KinesisBatch<'a> {
+    pub fn parse(json: &'a [u8]) -> Result<KinesisBatch<'a>, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+}
+
+impl KinesisRecordRef<'_> {
+    /// The shard id part of `eventID`, if present.
+    pub fn shard_id(&self) -> Option<&str> {
+        self.event_id
+            .as_deref()
+            .and_then(|id| id.split_once(':'))
+            .map(|(shard, _)| shard)
+    }
+}
+
+/// Decoded record bytes of a whole batch, each starting at a 16-byte boundary.
+#[derive(Default)]
+pub struct Arena {
+    bytes: AlignedVec,
+    spans: Vec<Result<(usize, usize), CodecError>>,
+}
+
+impl Arena {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Decodes every record's base64; a record with bad base64 keeps its error in place so
+    /// the caller can quarantine it by index.
+    pub fn fill(&mut self, batch: &KinesisBatch<'_>) {
+        self.clear();
+        let total: usize = batch
+            .records
+            .iter()
+            .map(|r| r.kinesis.data.len() / 4 * 3 + PAYLOAD_ALIGN)
+            .sum();
+        self.bytes.reserve(total);
+        for record in &batch.records {
+            self.push_base64(record.kinesis.data.as_bytes());
+        }
+    }
+
+    /// Appends one record given as base64 text.
+    pub fn push_base64(&mut self, data: &[u8]) {
+        let start = self.bytes.len().next_multiple_of(PAYLOAD_ALIGN);
+        let room = data.len().div_ceil(4) * 3;
+        self.bytes.resize(start + room, 0);
+        let span = match STANDARD.decode_slice(data, &mut self.bytes[start..]) {
+            Ok(n) => {
+                self.bytes.resize(start + n, 0);
+                Ok((start, start + n))
+            }
+            Err(e) => {
+                self.bytes.resize(start, 0);
+                Err(CodecError::Base64(e.to_string()))
+            }
+        };
+        self.spans.push(span);
+    }
+
+    /// Appends one record given as raw bytes (as `aws_lambda_events` hands them over),
+    /// copying it to an aligned position.
+    pub fn push_bytes(&mut self, data: &[u8]) {
+        let start = self.bytes.len().next_multiple_of(PAYLOAD_ALIGN);
+        self.bytes.resize(start, 0);
+        self.bytes.extend_from_slice(data);
+        self.spans.push(Ok((start, start + data.len())));
+    }
+
+    /// The decoded bytes of record `i`, or why they could not be decoded.
+    pub fn record(&self, i: usize) -> Result<&[u8], CodecError> {
+        match self.spans.get(i) {
+            Some(Ok((start, end))) => Ok(&self.bytes[*start..*end]),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(CodecError::Invalid {
+                what: "record index",
+                detail: i.to_string(),
+            }),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}

@@ -1,0 +1,400 @@
+//! The bulk row format: CSV with a header, or NDJSON with the same names, one transaction
+//! per row, amounts in minor units.
+//!
+//! ```text
+//! txn_id,account,kind,amount,occurred_at,reverses
+//! t-1,acct-1,deposit,10000,2026-11-01T09:00:00Z,
+//! t-3,acct-1,reversal,,2026-11-03T09:00:00Z,t-2
+//! ```
+//!
+//! Readers stream: memory stays constant whatever the file size. Every error names the
+//! line (1-based, as an editor shows it) and the field. A bad row does not stop the reader;
+//! an unreadable file or header does.
+
+use std::io::{self, BufRead, Read};
+
+use serde::Deserialize;
+
+use super::time::parse_rfc3339;
+use crate::domain::{AccountId, Command, Money, TxnId};
+
+/// One valid row: a command for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub line: u64,
+    pub account: AccountId,
+    pub command: Command,
+}
+
+/// A row that cannot become a command, or input that cannot be read at all (`fatal`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}{}: {message}", field.map(|f| format!(", field {f}")).unwrap_or_default())]
+pub struct RowError {
+    pub line: u64,
+    pub field: Option<&'static str>,
+    pub message: String,
+    /// The reader cannot go on (I/O error, bad header); no further rows follow.
+    pub fatal: bool,
+}
+
+impl RowError {
+    fn field(line: u64, field: &'static str, message: impl Into<String>) -> RowError {
+        RowError {
+            line,
+            field: Some(field),
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
+    fn fatal(line: u64, message: impl Into<String>) -> RowError {
+        RowError {
+            line,
+            field: None,
+            message: message.into(),
+            fatal: true,
+        }
+    }
+}
+
+/// The file formats a bulk body may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    /// By file extension: `.csv`, or `.ndjson` / `.jsonl` / `.json`.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+
+    /// By content: NDJSON starts with `{` after optional whitespace; anything else is CSV.
+    pub fn sniff(prefix: &[u8]) -> Format {
+        match prefix.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Format::Ndjson,
+            _ => Format::Csv,
+        }
+    }
+}
+
+pub const COLUMNS: [&str; 6] = [
+    "txn_id",
+    "account",
+    "kind",
+    "amount",
+    "occurred_at",
+    "reverses",
+];
+const REQUIRED: [&str; 4] = ["txn_id", "account", "kind", "occurred_at"];
+
+/// A row's fields before validation; `None` is absent or empty.
+#[derive(Default)]
+struct RawRow<'a> {
+    txn_id: Option<&'a str>,
+    account: Option<&'a str>,
+    kind: Option<&'a str>,
+    amount: Option<RawAmount<'a>>,
+    occurred_at: Option<&'a str>,
+    reverses: Option<&'a str>,
+}
+
+enum RawAmount<'a> {
+    Text(&'a str),
+    Number(&'a serde_json::Number),
+}
+
+fn required<'a>(line: u64, field: &'static str, v: Option<&'a str>) -> Result<&'a str, RowError> {
+    v.ok_or_else(|| RowError::field(line, field, "is required"))
+}
+
+fn parse_amount(line: u64, raw: Option<RawAmount<'_>>) -> Result<Money, RowError> {
+    let bad = |m: String| RowError::field(line, "amount", m);
+    match raw {
+        None => Err(bad("is required for a deposit or withdrawal".into())),
+        Some(RawAmount::Number(n)) => n.as_i64().map(Money).ok_or_else(|| {
+            bad(format!(
+                "{n} is not an integer number of minor units in i64 range"
+            ))
+        }),
+        Some(RawAmount::Text(s)) => {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!(
+                    "{s:?} is not an integer number of minor units"
+                )));
+            }
+            s.parse::<i64>()
+                .map(Money)
+                .map_err(|_| bad(format!("{s} is outside the i64 range")))
+        }
+    }
+}
+
+fn build(line: u64, raw: RawRow<'_>) -> Result<Row, RowError> {
+    let txn_id = TxnId::new(required(line, "txn_id", raw.txn_id)?)
+        .map_err(|e| RowError::field(line, "txn_id", e.to_string()))?;
+    let account = AccountId::new(required(line, "account", raw.account)?)
+        .map_err(|e| RowError::field(line, "account", e.to_string()))?;
+    let kind = required(line, "kind", raw.kind)?;
+    let occurred_at = parse_rfc3339(required(line, "occurred_at", raw.occurred_at)?)
+        .map_err(|e| RowError::field(line, "occurred_at", e))?;
+    let command = match kind {
+        "deposit" | "withdrawal" => {
+            if raw.reverses.is_some() {
+                return Err(RowError::field(
+                    line,
+                    "reverses",
+                    format!("must be empty for a {kind}"),
+                ));
+            }
+            let amount = parse_amount(line, raw.amount)?;
+            if kind == "deposit" {
+                Command::Deposit {
+                    txn_id,
+                    amount,
+                    occurred_at,
+                }
+            } else {
+                Command::Withdraw {
+                    txn_id,
+                    amount,
+                    occurred_at,
+                }
+            }
+        }
+        "reversal" => {
+            if raw.amount.is_some() {
+                return Err(RowError::field(
+                    line,
+                    "amount",
+                    "must be empty for a reversal",
+                ));
+            }
+            let reverses = TxnId::new(required(line, "reverses", raw.reverses)?)
+                .map_err(|e| RowError::field(line, "reverses", e.to_string()))?;
+            Command::Reverse {
+                txn_id,
+                reverses,
+                occurred_at,
+            }
+        }
+        other => {
+            return Err(RowError::field(
+                line,
+                "kind",
+                format!("{other:?} is not one of deposit, withdrawal, reversal"),
+            ));
+        }
+    };
+    Ok(Row {
+        line,
+        account,
+        command,
+    })
+}
+
+/// Streams rows out of a CSV or NDJSON source.
+pub struct RowReader<R: Read> {
+    inner: Inner<R>,
+    done: bool,
+}
+
+enum Inner<R: Read> {
+    Csv {
+        reader: csv::Reader<R>,
+        columns: [Option<usize>; 6],
+        record: csv::StringRecord,
+    },
+    Ndjson {
+        reader: io::BufReader<R>,
+        line: u64,
+        buf: String,
+    },
+}
+
+impl<R: Read> RowReader<R> {
+    /// Reads the CSV header now, so a wrong header fails before any row is processed.
+    pub fn new(source: R, format: Format) -> Result<RowReader<R>, RowError> {
+        let inner = match format {
+            Format::Csv => {
+                let mut reader = csv::ReaderBuilder::new()
+                    .trim(csv::Trim::All)
+                    .from_reader(source);
+                let header = reader
+                    .headers()
+                    .map_err(|e| RowError::fatal(1, e.to_string()))?;
+                let columns = header_columns(header)?;
+                Inner::Csv {
+                    reader,
+                    columns,
+                    record: csv::StringRecord::new(),
+                }
+            }
+            Format::Ndjson => Inner::Ndjson {
+                reader: io::BufReader::new(source),
+                line: 0,
+                buf: String::new(),
+            },
+        };
+        Ok(RowReader { inner, done: false })
+    }
+}
+
+fn header_columns(header: &csv::StringRecord) -> Result<[Option<usize>; 6], RowError> {
+    let mut columns = [None; 6];
+    for (i, name) in header.iter().enumerate() {
+        let slot = COLUMNS.iter().position(|c| *c == name).ok_or_else(|| {
+            RowError::fatal(
+                1,
+                format!("unknown column {name:?}; expected {}", COLUMNS.join(",")),
+            )
+        })?;
+        if columns[slot].replace(i).is_some() {
+            return Err(RowError::fatal(1, format!("column {name:?} appears twice")));
+        }
+    }
+    if let Some(missing) = REQUIRED
+        .iter()
+        .find(|c| columns[COLUMNS.iter().position(|x| x == *c).unwrap_or(0)].is_none())
+    {
+        return Err(RowError::fatal(1, format!("missing column {missing:?}")));
+    }
+    Ok(columns)
+}
+
+/// NDJSON object with the bulk row's names; anything else is refused by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRow {
+    txn_id: Option<serde_json::Value>,
+    account: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+    amount: Option<serde_json::Value>,
+    occurred_at: Option<serde_json::Value>,
+    reverses: Option<serde_json::Value>,
+}
+
+fn json_str<'a>(
+    line: u64,
+    field: &'static str,
+    v: &'a Option<serde_json::Value>,
+) -> Result<Option<&'a str>, RowError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(RowError::field(
+            line,
+            field,
+            format!("must be a string, got {other}"),
+        )),
+    }
+}
+
+fn json_row(line: u64, text: &str) -> Result<Row, RowError> {
+    let row: JsonRow = serde_json::from_str(text).map_err(|e| {
+        let field = COLUMNS
+            .iter()
+            .find(|c| e.to_string().contains(&format!("`{c}`")))
+            .copied();
+        RowError {
+            line,
+            field,
+            message: format!("invalid JSON row: {e}"),
+            fatal: false,
+        }
+    })?;
+    let amount = match &row.amount {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(RawAmount::Number(n)),
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(serde_json::Value::String(s)) => Some(RawAmount::Text(s)),
+        Some(other) => {
+            return Err(RowError::field(
+                line,
+                "amount",
+                format!("must be an integer, got {other}"),
+            ));
+        }
+    };
+    build(
+        line,
+        RawRow {
+            txn_id: json_str(line, "txn_id", &row.txn_id)?,
+            account: json_str(line, "account", &row.account)?,
+            kind: json_str(line, "kind", &row.kind)?,
+            amount,
+            occurred_at: json_str(line, "occurred_at", &row.occurred_at)?,
+            reverses: json_str(line, "reverses", &row.reverses)?,
+        },
+    )
+}
+
+impl<R: Read> Iterator for RowReader<R> {
+    type Item = Result<Row, RowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = match &mut self.inner {
+            Inner::Csv {
+                reader,
+                columns,
+                record,
+            } => match reader.read_record(record) {
+                Ok(false) => None,
+                Ok(true) => {
+                    let line = record.position().map_or(0, |p| p.line());
+                    let get = |slot: usize| {
+                        columns[slot]
+                            .and_then(|i| record.get(i))
+                            .filter(|s| !s.is_empty())
+                    };
+                    Some(build(
+                        line,
+                        RawRow {
+                            txn_id: get(0),
+                            account: get(1),
+                            kind: get(2),
+                            amount: get(3).map(RawAmount::Text),
+                            occurred_at: get(4),
+                            reverses: get(5),
+                        },
+                    ))
+                }
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    let fatal = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    Some(Err(RowError {
+                        line,
+                        field: None,
+                        message: e.to_string(),
+                        fatal,
+                    }))
+                }
+            },
+            Inner::Ndjson { reader, line, buf } => loop {
+                buf.clear();
+                *line += 1;
+                match reader.read_line(buf) {
+                    Ok(0) => break None,
+                    Ok(_) if buf.trim().is_empty() => continue,
+                    Ok(_) => break Some(json_row(*line, buf.trim_end())),
+                    Err(e) => break Some(Err(RowError::fatal(*line, e.to_string()))),
+                }
+            },
+        };
+        match &item {
+            None | Some(Err(RowError { fatal: true, .. })) => self.done = true,
+            _ => {}
+        }
+        item
+    }
+}

@@ -1,0 +1,146 @@
+//! The read model and the fold. `apply` classifies each event against the snapshot's
+//! version (next, duplicate, gap) and folds only the next one. It holds no business rules:
+//! those ran in `decide` when the event was made.
+
+use super::event::{Effect, Event};
+use super::money::Money;
+use super::time::{Month, Timestamp};
+
+/// The precalculated balance of one account, as the query side serves it.
+///
+/// Totals are i128/u128: they sum up to 2^64 amounts of at most 2^63, which always fits, so
+/// a long-lived account can never make a valid event unfoldable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Version of the newest event folded in; 0 for an account with no events.
+    pub version: u64,
+    pub balance: Money,
+    /// UTC month of the newest business time seen; `None` before the first event.
+    pub month: Option<Month>,
+    /// Net change of the balance from events in `month`.
+    pub month_balance: i128,
+    /// Sum of positive deltas (deposits, reversed withdrawals).
+    pub credit_total: u128,
+    pub credit_count: u64,
+    /// Sum of the magnitudes of negative deltas (withdrawals, reversed deposits).
+    pub debit_total: u128,
+    pub debit_count: u64,
+    /// Newest business time seen.
+    pub last_occurred_at: Option<Timestamp>,
+    /// Ledger time of the newest event folded in.
+    pub updated_at: Option<Timestamp>,
+}
+
+/// What folding one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event was the next version and is now part of the snapshot.
+    Applied,
+    /// The snapshot already contains this version; nothing changed.
+    Duplicate,
+    /// Versions `expected..event` are missing; nothing changed. Fill from the event store.
+    Gap { expected: u64 },
+}
+
+/// An event that is the next version but cannot be folded: a bug or corrupt data, never an
+/// expected case. The snapshot is left unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("event {version} carries balance {carried} but folding gives {folded}")]
+    BalanceMismatch {
+        version: u64,
+        carried: Money,
+        folded: Money,
+    },
+    #[error("event {version} would overflow the balance {balance} by {delta}")]
+    Overflow {
+        version: u64,
+        balance: Money,
+        delta: Money,
+    },
+    #[error("event {version} has a delta that cannot exist")]
+    InvalidDelta { version: u64 },
+}
+
+/// Folds one event onto `snapshot` (see [`apply_effect`]).
+pub fn apply(snapshot: &mut Snapshot, event: &Event) -> Result<Outcome, FoldError> {
+    let effect = event.effect().ok_or(FoldError::InvalidDelta {
+        version: event.version,
+    })?;
+    apply_effect(snapshot, effect)
+}
+
+/// The hot fold. Checks every step; on any error `snapshot` is untouched.
+#[inline]
+pub fn apply_effect(snapshot: &mut Snapshot, e: Effect) -> Result<Outcome, FoldError> {
+    let expected = snapshot.version.wrapping_add(1);
+    if e.version != expected || snapshot.version == u64::MAX {
+        return Ok(if e.version <= snapshot.version {
+            Outcome::Duplicate
+        } else {
+            Outcome::Gap { expected }
+        });
+    }
+    let folded = snapshot
+        .balance
+        .checked_add(e.delta)
+        .ok_or(FoldError::Overflow {
+            version: e.version,
+            balance: snapshot.balance,
+            delta: e.delta,
+        })?;
+    if folded != e.balance {
+        return Err(FoldError::BalanceMismatch {
+            version: e.version,
+            carried: e.balance,
+            folded,
+        });
+    }
+    let delta = e.delta.minor();
+    let magnitude = u128::from(delta.unsigned_abs());
+    // Counts and totals cannot overflow (u64 events of < 2^63 each), but stay checked.
+    let overflow = FoldError::Overflow {
+        version: e.version,
+        balance: snapshot.balance,
+        delta: e.delta,
+    };
+    let mut next = *snapshot;
+    if delta >= 0 {
+        next.credit_total = next.credit_total.checked_add(magnitude).ok_or(overflow)?;
+        next.credit_count = next.credit_count.checked_add(1).ok_or(overflow)?;
+    } else {
+        next.debit_total = next.debit_total.checked_add(magnitude).ok_or(overflow)?;
+        next.debit_count = next.debit_count.checked_add(1).ok_or(overflow)?;
+    }
+    let month = e.occurred_at.month();
+    match next.month {
+        Some(current) if month < current => {}
+        Some(current) if month == current => {
+            next.month_balance = next
+                .month_balance
+                .checked_add(i128::from(delta))
+                .ok_or(overflow)?;
+        }
+        _ => {
+            next.month = Some(month);
+            next.month_balance = i128::from(delta);
+        }
+    }
+    next.last_occurred_at = Some(
+        next.last_occurred_at
+            .map_or(e.occurred_at, |t| t.max(e.occurred_at)),
+    );
+    next.updated_at = Some(e.recorded_at);
+    next.version = e.version;
+    next.balance = folded;
+    debug_assert_eq!(
+        i128::try_from(next.credit_total)
+            .ok()
+            .zip(i128::try_from(next.debit_total).ok())
+            .map(|(c, d)| c - d),
+        Some(i128::from(next.balance.minor())),
+        "credits minus debits must equal the balance",
+    );
+    *snapshot = next;
+    Ok(Outcome::Applied)
+}

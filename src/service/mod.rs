@@ -1,0 +1,3 @@
+//! Orchestration of the domain over ports. Today: the projector's pure batch fold.
+
+pub mod projector;
