@@ -7,8 +7,7 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64_simd::{Out, STANDARD};
 use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
@@ -89,13 +88,16 @@ impl Arena {
     /// Appends one record given as base64 text.
     pub fn push_base64(&mut self, data: &[u8]) {
         let start = self.bytes.len().next_multiple_of(PAYLOAD_ALIGN);
-        let room = data.len().div_ceil(4) * 3;
-        self.bytes.resize(start + room, 0);
-        let span = match STANDARD.decode_slice(data, &mut self.bytes[start..]) {
-            Ok(n) => {
-                self.bytes.resize(start + n, 0);
-                Ok((start, start + n))
-            }
+        // `decoded_length` validates length and padding, so `decode` below cannot panic on
+        // a short destination.
+        let span = STANDARD.decoded_length(data).and_then(|n| {
+            self.bytes.resize(start + n, 0);
+            STANDARD
+                .decode(data, Out::from_slice(&mut self.bytes[start..start + n]))
+                .map(|d| d.len())
+        });
+        let span = match span {
+            Ok(n) => Ok((start, start + n)),
             Err(e) => {
                 self.bytes.resize(start, 0);
                 Err(CodecError::Base64(e.to_string()))

@@ -2,7 +2,8 @@
 //! the domain. Archived values are read in place; every value read is validated again as a
 //! domain value, because a well-formed archive can still hold a nonsensical ledger.
 //!
-//! Changing a field here changes the wire format: bump `record::FORMAT_VERSION`.
+//! Changing a field here changes the wire format: bump `record::FORMAT_VERSION`. The serde
+//! derives exist for the benchmarks' side-by-side comparison, not for any stored format.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -12,7 +13,18 @@ use crate::domain::{
 };
 
 /// One stream record's content: pages of one or more accounts of the same bucket.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct WireAggregate {
     pub pages: Vec<WirePage>,
@@ -20,7 +32,17 @@ pub struct WireAggregate {
 
 /// A run of consecutive events of one account. Versions are implied: `first_version + i`,
 /// so a page cannot hold a gap or a duplicate.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(derive(Debug))]
 pub struct WirePage {
     pub account: String,
@@ -28,7 +50,17 @@ pub struct WirePage {
     pub events: Vec<WireEvent>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(derive(Debug))]
 pub struct WireEvent {
     pub txn_id: String,
@@ -38,7 +70,17 @@ pub struct WireEvent {
     pub balance: i64,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(derive(Debug))]
 pub enum WireKind {
     Deposited { amount: i64 },

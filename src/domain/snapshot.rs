@@ -99,48 +99,51 @@ pub fn apply_effect(snapshot: &mut Snapshot, e: Effect) -> Result<Outcome, FoldE
     let delta = e.delta.minor();
     let magnitude = u128::from(delta.unsigned_abs());
     // Counts and totals cannot overflow (u64 events of < 2^63 each), but stay checked.
-    let overflow = FoldError::Overflow {
-        version: e.version,
-        balance: snapshot.balance,
-        delta: e.delta,
+    let (version, balance, e_delta) = (e.version, snapshot.balance, e.delta);
+    let overflow = move || FoldError::Overflow {
+        version,
+        balance,
+        delta: e_delta,
     };
-    let mut next = *snapshot;
-    if delta >= 0 {
-        next.credit_total = next.credit_total.checked_add(magnitude).ok_or(overflow)?;
-        next.credit_count = next.credit_count.checked_add(1).ok_or(overflow)?;
-    } else {
-        next.debit_total = next.debit_total.checked_add(magnitude).ok_or(overflow)?;
-        next.debit_count = next.debit_count.checked_add(1).ok_or(overflow)?;
-    }
-    let month = e.occurred_at.month();
-    match next.month {
-        Some(current) if month < current => {}
-        Some(current) if month == current => {
-            next.month_balance = next
+    // Compute every new value before the first write: on error the snapshot is untouched.
+    let month = match snapshot.month {
+        Some(current) if current.contains(e.occurred_at) => Some((
+            current,
+            snapshot
                 .month_balance
                 .checked_add(i128::from(delta))
-                .ok_or(overflow)?;
-        }
-        _ => {
-            next.month = Some(month);
-            next.month_balance = i128::from(delta);
-        }
+                .ok_or_else(overflow)?,
+        )),
+        Some(current) if !current.is_before(e.occurred_at) => None, // an earlier month
+        _ => Some((e.occurred_at.month(), i128::from(delta))),
+    };
+    // Selecting the pair by reference keeps the credit/debit choice branch-free.
+    let (total, count) = if delta >= 0 {
+        (&mut snapshot.credit_total, &mut snapshot.credit_count)
+    } else {
+        (&mut snapshot.debit_total, &mut snapshot.debit_count)
+    };
+    let new_total = total.checked_add(magnitude).ok_or_else(overflow)?;
+    let new_count = count.checked_add(1).ok_or_else(overflow)?;
+    *total = new_total;
+    *count = new_count;
+    if let Some((month, month_balance)) = month {
+        snapshot.month = Some(month);
+        snapshot.month_balance = month_balance;
     }
-    next.last_occurred_at = Some(
-        next.last_occurred_at
-            .map_or(e.occurred_at, |t| t.max(e.occurred_at)),
-    );
-    next.updated_at = Some(e.recorded_at);
-    next.version = e.version;
-    next.balance = folded;
+    if snapshot.last_occurred_at.is_none_or(|t| t < e.occurred_at) {
+        snapshot.last_occurred_at = Some(e.occurred_at);
+    }
+    snapshot.updated_at = Some(e.recorded_at);
+    snapshot.version = e.version;
+    snapshot.balance = folded;
     debug_assert_eq!(
-        i128::try_from(next.credit_total)
+        i128::try_from(snapshot.credit_total)
             .ok()
-            .zip(i128::try_from(next.debit_total).ok())
+            .zip(i128::try_from(snapshot.debit_total).ok())
             .map(|(c, d)| c - d),
-        Some(i128::from(next.balance.minor())),
+        Some(i128::from(snapshot.balance.minor())),
         "credits minus debits must equal the balance",
     );
-    *snapshot = next;
     Ok(Outcome::Applied)
 }

@@ -32,7 +32,10 @@ impl Timestamp {
     /// The UTC calendar month this instant falls in.
     pub const fn month(self) -> Month {
         let (y, m, _) = civil_from_days(self.0.div_euclid(MS_PER_DAY));
-        Month(y as u32 * 12 + (m - 1))
+        match Month::new(y as u32, m) {
+            Some(month) => month,
+            None => panic!("a Timestamp in range always has a month in range"),
+        }
     }
 
     /// Calendar fields (year, month 1–12, day, hour, minute, second, millisecond), UTC.
@@ -60,10 +63,39 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A UTC calendar month, stored as `year * 12 + (month - 1)` so months compare and order
-/// as integers in the hot fold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Month(u32);
+/// A UTC calendar month. Carries its own bounds in milliseconds so the hot fold tells
+/// "same month" with two comparisons instead of calendar arithmetic.
+#[derive(Debug, Clone, Copy)]
+pub struct Month {
+    /// `year * 12 + (month - 1)`: months order as integers.
+    index: u32,
+    /// First millisecond of the month.
+    start_ms: i64,
+    /// First millisecond of the next month.
+    end_ms: i64,
+}
+
+impl PartialEq for Month {
+    fn eq(&self, other: &Month) -> bool {
+        self.index == other.index
+    }
+}
+impl Eq for Month {}
+impl PartialOrd for Month {
+    fn partial_cmp(&self, other: &Month) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Month {
+    fn cmp(&self, other: &Month) -> std::cmp::Ordering {
+        self.index.cmp(&other.index)
+    }
+}
+impl std::hash::Hash for Month {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.index.hash(state);
+    }
+}
 
 impl Month {
     /// `month` is 1–12; `None` otherwise or for a year outside 1970–9999.
@@ -71,12 +103,21 @@ impl Month {
         if year < 1970 || year > 9999 || month < 1 || month > 12 {
             return None;
         }
-        Some(Month(year * 12 + month - 1))
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        Some(Month {
+            index: year * 12 + month - 1,
+            start_ms: days_from_civil(year as i64, month, 1) * MS_PER_DAY,
+            end_ms: days_from_civil(next_year as i64, next_month, 1) * MS_PER_DAY,
+        })
     }
 
     /// The packed index, for codecs.
     pub const fn index(self) -> u32 {
-        self.0
+        self.index
     }
 
     /// Inverse of [`Month::index`]; `None` for an index outside 1970-01..=9999-12.
@@ -85,12 +126,24 @@ impl Month {
     }
 
     pub const fn year(self) -> u32 {
-        self.0 / 12
+        self.index / 12
     }
 
     /// 1–12.
     pub const fn month(self) -> u32 {
-        self.0 % 12 + 1
+        self.index % 12 + 1
+    }
+
+    /// Whether `t` falls in this month.
+    #[inline]
+    pub const fn contains(self, t: Timestamp) -> bool {
+        t.0 >= self.start_ms && t.0 < self.end_ms
+    }
+
+    /// Whether `t` falls in a later month than this one.
+    #[inline]
+    pub const fn is_before(self, t: Timestamp) -> bool {
+        t.0 >= self.end_ms
     }
 }
 
@@ -114,6 +167,17 @@ const fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) to days since 1970-01-01 (Hinnant's `days_from_civil`).
+const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -147,5 +211,25 @@ mod tests {
         assert_eq!(Month::new(1969, 12), None);
         let m = Month::new(2026, 12).unwrap();
         assert_eq!(Month::from_index(m.index()), Some(m));
+    }
+
+    #[test]
+    fn month_bounds_hold_exactly_the_instants_of_that_month() {
+        // Every month from 1970 to 2100 and the last months of 9999: the first and last
+        // millisecond are inside, the neighbours outside, and `month()` agrees.
+        let months = (1970..2101)
+            .chain(9998..10000)
+            .flat_map(|y| (1..=12).map(move |m| (y, m)));
+        for (y, m) in months {
+            let month = Month::new(y, m).unwrap();
+            let first = Timestamp::from_millis(month.start_ms).unwrap();
+            let last = Timestamp::from_millis(month.end_ms - 1).unwrap();
+            assert!(month.contains(first) && month.contains(last));
+            assert_eq!((first.month(), last.month()), (month, month));
+            assert_eq!(first.fields().2, 1, "{y}-{m} starts on day 1");
+            if let Some(after) = Timestamp::from_millis(month.end_ms) {
+                assert!(!month.contains(after) && month.is_before(after));
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! reporting are the async orchestrator's job, driven by the [`Plan`] this returns. The
 //! cache is only read here; it changes after a write has succeeded ([`SnapshotCache::commit`]).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::codec::kinesis::Arena;
 use crate::codec::{CodecError, access_aggregate};

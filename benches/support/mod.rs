@@ -1,0 +1,231 @@
+//! Workloads shared by the benches: valid, state-carrying event streams over a uniform or
+//! Zipf-distributed account mix, packed into records and Lambda Kinesis events.
+#![allow(dead_code)] // each bench uses a different part of this module
+
+use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord, KinesisRecord};
+use tally::codec::bucket::partition_key_of;
+use tally::codec::{WireAggregate, WireEvent, WireKind, WirePage, encode_aggregate};
+
+/// splitmix64: tiny, deterministic, good enough to pick accounts and amounts.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Mix {
+    Uniform,
+    /// Zipf with exponent s over the account ranks.
+    Zipf(f64),
+}
+
+impl Mix {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mix::Uniform => "uniform",
+            Mix::Zipf(_) => "zipf1.0",
+        }
+    }
+}
+
+/// Picks account indices by `mix`.
+pub struct Picker {
+    cdf: Option<Vec<f64>>,
+    n: u64,
+}
+
+impl Picker {
+    pub fn new(n: usize, mix: Mix) -> Picker {
+        let cdf = match mix {
+            Mix::Uniform => None,
+            Mix::Zipf(s) => {
+                let mut acc = 0.0;
+                let mut cdf: Vec<f64> = (1..=n)
+                    .map(|k| {
+                        acc += 1.0 / (k as f64).powf(s);
+                        acc
+                    })
+                    .collect();
+                for c in &mut cdf {
+                    *c /= acc;
+                }
+                Some(cdf)
+            }
+        };
+        Picker { cdf, n: n as u64 }
+    }
+    pub fn pick(&self, rng: &mut Rng) -> usize {
+        match &self.cdf {
+            None => rng.below(self.n) as usize,
+            Some(cdf) => {
+                let u = rng.unit();
+                cdf.partition_point(|&c| c < u).min(cdf.len() - 1)
+            }
+        }
+    }
+}
+
+pub const T0_MS: i64 = 1_793_000_000_000; // late October 2026
+
+/// `events` valid events over `accounts` accounts starting at version 1 each, as
+/// (account index, event), in generation order. Deposits and withdrawals that never
+/// overdraw, a minute apart, crossing a month boundary.
+pub fn events(accounts: usize, events: usize, mix: Mix, seed: u64) -> Vec<(usize, WireEvent)> {
+    let picker = Picker::new(accounts, mix);
+    let mut rng = Rng::new(seed);
+    let mut state = vec![(0u64, 0i64); accounts];
+    (0..events)
+        .map(|i| {
+            let a = picker.pick(&mut rng);
+            let (version, balance) = &mut state[a];
+            *version += 1;
+            let amount = 1 + rng.below(100_000) as i64;
+            let kind = if *balance >= amount && rng.below(4) == 0 {
+                *balance -= amount;
+                WireKind::Withdrawn { amount }
+            } else {
+                *balance += amount;
+                WireKind::Deposited { amount }
+            };
+            let at = T0_MS + i as i64 * 60_000;
+            (
+                a,
+                WireEvent {
+                    txn_id: format!("txn-{i:010}"),
+                    kind,
+                    occurred_at: at,
+                    recorded_at: at + 5,
+                    balance: *balance,
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn account_name(i: usize) -> String {
+    format!("acct-{i:07}")
+}
+
+/// Versions of each event, recomputed from generation order.
+fn with_versions(events: &[(usize, WireEvent)], accounts: usize) -> Vec<(usize, u64, WireEvent)> {
+    let mut v = vec![0u64; accounts];
+    events
+        .iter()
+        .map(|(a, e)| {
+            v[*a] += 1;
+            (*a, v[*a], e.clone())
+        })
+        .collect()
+}
+
+/// Packs events into aggregates of about `per_record` events, each holding events of one
+/// bucket only, pages being runs of one account, in generation order within each bucket.
+pub fn aggregates(
+    events: &[(usize, WireEvent)],
+    accounts: usize,
+    per_record: usize,
+    buckets: u32,
+) -> Vec<WireAggregate> {
+    let mut by_bucket: std::collections::BTreeMap<String, Vec<(usize, u64, WireEvent)>> =
+        Default::default();
+    for e in with_versions(events, accounts) {
+        by_bucket
+            .entry(partition_key_of(&account_name(e.0), buckets))
+            .or_default()
+            .push(e);
+    }
+    let mut out = Vec::new();
+    for (_, evs) in by_bucket {
+        for chunk in evs.chunks(per_record) {
+            // Pages: for each account in the chunk (first-appearance order), its events in order.
+            let mut order: Vec<usize> = Vec::new();
+            let mut pages: std::collections::HashMap<usize, WirePage> = Default::default();
+            for (a, v, e) in chunk {
+                let page = pages.entry(*a).or_insert_with(|| {
+                    order.push(*a);
+                    WirePage {
+                        account: account_name(*a),
+                        first_version: *v,
+                        events: Vec::new(),
+                    }
+                });
+                page.events.push(e.clone());
+            }
+            out.push(WireAggregate {
+                pages: order.iter().map(|a| pages.remove(a).unwrap()).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The Kinesis event Lambda would deliver for these record payloads, with every field
+/// a real event has.
+pub fn kinesis_event(payloads: &[Vec<u8>], partition_keys: &[String]) -> KinesisEvent {
+    let mut event = KinesisEvent::default();
+    event.records = payloads
+        .iter()
+        .zip(partition_keys)
+        .enumerate()
+        .map(|(i, (data, key))| {
+            let seq = format!("4959033827149025660855969253836157109592157598913{i:07}");
+            let mut kinesis = KinesisRecord::default();
+            *kinesis.data = data.clone();
+            kinesis.partition_key = key.clone();
+            kinesis.sequence_number = seq.clone();
+            kinesis.kinesis_schema_version = Some("1.0".into());
+            let mut r = KinesisEventRecord::default();
+            r.aws_region = Some("eu-west-1".into());
+            r.event_id = Some(format!("shardId-000000000006:{seq}"));
+            r.event_name = Some("aws:kinesis:record".into());
+            r.event_source = Some("aws:kinesis".into());
+            r.event_source_arn =
+                Some("arn:aws:kinesis:eu-west-1:123456789012:stream/tally-events".into());
+            r.event_version = Some("1.0".into());
+            r.invoke_identity_arn = Some("arn:aws:iam::123456789012:role/tally-projector".into());
+            r.kinesis = kinesis;
+            r
+        })
+        .collect();
+    event
+}
+
+/// rkyv record payloads and partition keys for aggregates.
+pub fn rkyv_payloads(aggs: &[WireAggregate], buckets: u32) -> (Vec<Vec<u8>>, Vec<String>) {
+    aggs.iter()
+        .map(|a| {
+            (
+                encode_aggregate(a).unwrap().to_vec(),
+                partition_key_of(&a.pages[0].account, buckets),
+            )
+        })
+        .unzip()
+}
+
+/// serde_json record payloads (the baseline format) for the same aggregates.
+pub fn json_payloads(aggs: &[WireAggregate], buckets: u32) -> (Vec<Vec<u8>>, Vec<String>) {
+    aggs.iter()
+        .map(|a| {
+            (
+                serde_json::to_vec(a).unwrap(),
+                partition_key_of(&a.pages[0].account, buckets),
+            )
+        })
+        .unzip()
+}
