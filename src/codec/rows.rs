@@ -299,10 +299,16 @@ fn json_str<'a>(
 
 fn json_row(line: u64, text: &str) -> Result<Row, RowError> {
     let row: JsonRow = serde_json::from_str(text).map_err(|e| {
-        let field = COLUMNS
-            .iter()
-            .find(|c| e.to_string().contains(&format!("`{c}`")))
-            .copied();
+        // serde names the offending field in backticks; an unknown field is not a column.
+        let text = e.to_string();
+        let field = if text.starts_with("unknown field") {
+            None
+        } else {
+            COLUMNS
+                .iter()
+                .find(|c| text.contains(&format!("`{c}`")))
+                .copied()
+        };
         RowError {
             line,
             field,

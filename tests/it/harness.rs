@@ -1,0 +1,145 @@
+//! Production-side helpers: a tiny in-memory "event store" around `decide`, and
+//! conversions between the production types and the reference model's.
+
+use std::collections::HashMap;
+
+use tally::domain::{
+    AccountState, Command, Event, EventKind, Money, Policy, Rejection, Snapshot, Timestamp, TxnId,
+    TxnRecord, apply, decide,
+};
+
+use crate::reference::{RefCmd, RefEvent, RefSnapshot};
+
+pub fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms).expect("test times are in range")
+}
+
+pub fn txn(s: &str) -> TxnId {
+    TxnId::new(s).expect("test ids are valid")
+}
+
+pub fn command(c: &RefCmd) -> Command {
+    match c {
+        RefCmd::Deposit { txn: t, amount, at } => Command::Deposit {
+            txn_id: txn(t),
+            amount: Money(*amount),
+            occurred_at: ts(*at),
+        },
+        RefCmd::Withdraw { txn: t, amount, at } => Command::Withdraw {
+            txn_id: txn(t),
+            amount: Money(*amount),
+            occurred_at: ts(*at),
+        },
+        RefCmd::Reverse { txn: t, target, at } => Command::Reverse {
+            txn_id: txn(t),
+            reverses: txn(target),
+            occurred_at: ts(*at),
+        },
+    }
+}
+
+/// The reference model's tag for a production rejection. Exhaustive: a new variant fails
+/// to compile here until the matrix and the reference model learn it.
+pub fn rejection_tag(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::AmountOutOfRange { .. } => "amount_out_of_range",
+        Rejection::InsufficientFunds { .. } => "insufficient_funds",
+        Rejection::UnknownReversalTarget { .. } => "unknown_reversal_target",
+        Rejection::AlreadyReversed { .. } => "already_reversed",
+        Rejection::ReversalOfReversal { .. } => "reversal_of_reversal",
+        Rejection::BalanceOverflow { .. } => "balance_overflow",
+        Rejection::VersionExhausted => "version_exhausted",
+    }
+}
+
+pub const REJECTION_TAGS: [&str; 7] = [
+    "amount_out_of_range",
+    "insufficient_funds",
+    "unknown_reversal_target",
+    "already_reversed",
+    "reversal_of_reversal",
+    "balance_overflow",
+    "version_exhausted",
+];
+
+/// The reference view of a production event.
+pub fn ref_event(e: &Event) -> RefEvent {
+    let (kind, target) = match &e.kind {
+        EventKind::Deposited { .. } => ("deposit", None),
+        EventKind::Withdrawn { .. } => ("withdrawal", None),
+        EventKind::Reversed { reverses, .. } => ("reversal", Some(reverses.to_string())),
+    };
+    RefEvent {
+        txn: e.txn_id.to_string(),
+        kind,
+        target,
+        delta: e.kind.delta().expect("valid event").minor(),
+        at: e.occurred_at.millis(),
+        recorded: e.recorded_at.millis(),
+    }
+}
+
+pub fn ref_snapshot(s: &Snapshot) -> RefSnapshot {
+    RefSnapshot {
+        version: s.version,
+        balance: i128::from(s.balance.minor()),
+        month: s.month.map(|m| (m.year() as i32, m.month() as u8)),
+        month_balance: s.month_balance,
+        credit_total: s.credit_total as i128,
+        credit_count: s.credit_count,
+        debit_total: s.debit_total as i128,
+        debit_count: s.debit_count,
+        last_occurred_at: s.last_occurred_at.map(Timestamp::millis),
+        updated_at: s.updated_at.map(Timestamp::millis),
+    }
+}
+
+/// Production ledger for one account: tip state, events, transaction markers, snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub policy: Policy,
+    pub state: AccountState,
+    pub events: Vec<Event>,
+    pub markers: HashMap<TxnId, TxnRecord>,
+    pub snapshot: Snapshot,
+}
+
+impl Ledger {
+    pub fn new(policy: Policy) -> Ledger {
+        Ledger {
+            policy,
+            ..Ledger::default()
+        }
+    }
+
+    pub fn decide(&self, cmd: &Command, now: i64) -> Result<Vec<Event>, Rejection> {
+        let target = cmd.reverses().and_then(|t| self.markers.get(t));
+        decide(&self.state, cmd, target, ts(now), &self.policy)
+    }
+
+    /// Records events as the event store would: markers for each txn, the reversed flag on
+    /// a reversal's target, the tip, and folds them into the snapshot.
+    pub fn commit(&mut self, events: Vec<Event>) {
+        for e in events {
+            if let EventKind::Reversed { reverses, .. } = &e.kind {
+                self.markers
+                    .get_mut(reverses)
+                    .expect("target exists")
+                    .reversed = true;
+            }
+            self.markers
+                .insert(e.txn_id.clone(), e.txn_record(false).expect("valid event"));
+            self.state = AccountState::after(&e);
+            apply(&mut self.snapshot, &e).expect("decided events fold");
+            self.events.push(e);
+        }
+    }
+
+    pub fn must(&mut self, cmd: &RefCmd, now: i64) -> &mut Ledger {
+        let events = self
+            .decide(&command(cmd), now)
+            .unwrap_or_else(|r| panic!("fixture {cmd:?} rejected: {r}"));
+        self.commit(events);
+        self
+    }
+}

@@ -1,0 +1,11 @@
+//! One integration test binary (compiles once): the state × event matrix against an
+//! independent reference model, property tests, codec robustness, bulk rows and the
+//! projector's batch fold.
+
+mod codec_robustness;
+mod harness;
+mod matrix;
+mod projector;
+mod properties;
+mod reference;
+mod rows;
