@@ -1,6 +1,7 @@
-//! The `tally` command-line interface.
+//! The `tally` command-line interface. Subcommands (`serve`, `ingest`, `balance`, …)
+//! arrive with the embedded backend; today it prints help and version.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// Event-sourced ledger projector: ingest transactions, fold them into balances.
 #[derive(Debug, Parser)]
@@ -9,8 +10,9 @@ struct Cli {}
 
 fn main() {
     let _cli = Cli::parse();
-    println!(
-        "tally {}: no subcommands yet; see `tally --help`.",
-        env!("CARGO_PKG_VERSION")
-    );
+    // No subcommand exists yet: show what the tool is instead of doing nothing silently.
+    let mut command = Cli::command();
+    if command.print_help().is_err() {
+        std::process::exit(1);
+    }
 }
