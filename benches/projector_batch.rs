@@ -166,7 +166,7 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         let batch = KinesisBatch::parse(&ours_in.json).unwrap();
                         arena.fill(&batch);
-                        black_box(group(&arena).events)
+                        black_box(group(&arena).effects.len())
                     })
                 });
             }

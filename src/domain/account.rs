@@ -18,6 +18,10 @@ pub enum IdError {
 
 /// Checks the shared id grammar: 1–64 chars of `[A-Za-z0-9._:-]`.
 pub fn check_id(s: &str) -> Result<(), IdError> {
+    // Fast path for the common, valid case; the slow path below names the problem.
+    if !s.is_empty() && s.len() <= ID_BYTES_MAX && s.bytes().all(is_id_byte) {
+        return Ok(());
+    }
     if s.is_empty() {
         return Err(IdError::Empty);
     }
@@ -33,6 +37,10 @@ pub fn check_id(s: &str) -> Result<(), IdError> {
 
 fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
 }
 
 macro_rules! id_type {

@@ -46,6 +46,17 @@ pub struct Effect {
     pub balance: Money,
 }
 
+impl Effect {
+    /// A filler value for preallocated buffers; version 0 never folds.
+    pub const PLACEHOLDER: Effect = Effect {
+        version: 0,
+        delta: Money(0),
+        occurred_at: Timestamp::MIN,
+        recorded_at: Timestamp::MIN,
+        balance: Money(0),
+    };
+}
+
 impl EventKind {
     /// Signed change to the balance; `None` only for a withdrawal of `i64::MIN`, which
     /// `decide` never produces and a decoder must refuse.

@@ -25,63 +25,97 @@ pub struct Group<'a> {
     pub account: &'a str,
     /// Index of the first record that carried an event of this account.
     pub first_record: usize,
-    pub effects: Vec<Effect>,
+    /// This group's slice of [`Grouped::effects`].
+    pub range: std::ops::Range<usize>,
 }
 
-/// The batch regrouped by account.
+/// The batch regrouped by account: every group's effects are contiguous in `effects`.
 #[derive(Debug, Default)]
 pub struct Grouped<'a> {
     pub groups: Vec<Group<'a>>,
+    pub effects: Vec<Effect>,
     pub poison: Vec<Poison>,
-    pub events: usize,
+}
+
+impl Grouped<'_> {
+    pub fn effects_of(&self, group: &Group<'_>) -> &[Effect] {
+        &self.effects[group.range.clone()]
+    }
 }
 
 /// Decodes every record of `arena` and groups its events by account, keeping order. A
 /// record with any invalid part contributes nothing and is reported as poison, so one bad
 /// record never half-applies.
+///
+/// Events are first appended in delivery order tagged with their group, then placed by a
+/// stable counting sort: no per-account allocation.
 pub fn group(arena: &Arena) -> Grouped<'_> {
-    let mut out = Grouped::default();
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut touched: Vec<(usize, usize)> = Vec::new();
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    let mut heads: Vec<(&str, usize, usize)> = Vec::new(); // account, first record, count
+    let mut tagged: Vec<(u32, Effect)> = Vec::new();
+    let mut poison = Vec::new();
     for i in 0..arena.len() {
-        touched.clear();
+        let mark = tagged.len();
         let result = arena
             .record(i)
-            .and_then(|bytes| add_record(i, bytes, &mut out, &mut index, &mut touched));
+            .and_then(|bytes| add_record(i, bytes, &mut index, &mut heads, &mut tagged));
         if let Err(error) = result {
-            for &(g, len) in &touched {
-                out.events -= out.groups[g].effects.len() - len;
-                out.groups[g].effects.truncate(len);
+            for &(g, _) in &tagged[mark..] {
+                heads[g as usize].2 -= 1;
             }
-            out.poison.push(Poison { record: i, error });
+            tagged.truncate(mark);
+            poison.push(Poison { record: i, error });
         }
     }
-    out.groups.retain(|g| !g.effects.is_empty());
-    out
+    let mut next = Vec::with_capacity(heads.len());
+    let mut groups = Vec::with_capacity(heads.len());
+    let mut offset = 0;
+    for &(account, first_record, count) in &heads {
+        next.push(offset);
+        groups.push(Group {
+            account,
+            first_record,
+            range: offset..offset + count,
+        });
+        offset += count;
+    }
+    let mut effects = vec![Effect::PLACEHOLDER; tagged.len()];
+    for (g, effect) in tagged {
+        effects[next[g as usize]] = effect;
+        next[g as usize] += 1;
+    }
+    groups.retain(|g| !g.range.is_empty());
+    Grouped {
+        groups,
+        effects,
+        poison,
+    }
 }
 
 fn add_record<'a>(
     i: usize,
     bytes: &'a [u8],
-    out: &mut Grouped<'a>,
-    index: &mut HashMap<&'a str, usize>,
-    touched: &mut Vec<(usize, usize)>,
+    index: &mut HashMap<&'a str, u32>,
+    heads: &mut Vec<(&'a str, usize, usize)>,
+    tagged: &mut Vec<(u32, Effect)>,
 ) -> Result<(), CodecError> {
     let aggregate = access_aggregate(bytes)?;
     for page in aggregate.pages.iter() {
-        let account = page.account()?;
-        let g = *index.entry(account).or_insert_with(|| {
-            out.groups.push(Group {
-                account,
-                first_record: i,
-                effects: Vec::new(),
-            });
-            out.groups.len() - 1
-        });
-        touched.push((g, out.groups[g].effects.len()));
+        let g = match index.get(page.account.as_str()) {
+            Some(&g) => g,
+            None => {
+                // Validated once, when first seen in the batch.
+                let account = page.account()?;
+                let g = u32::try_from(heads.len())
+                    .map_err(|_| CodecError::TooLarge { bytes: bytes.len() })?;
+                heads.push((account, i, 0));
+                index.insert(account, g);
+                g
+            }
+        };
         for effect in page.effects() {
-            out.groups[g].effects.push(effect?);
-            out.events += 1;
+            tagged.push((g, effect?));
+            heads[g as usize].2 += 1;
         }
     }
     Ok(())
@@ -184,7 +218,7 @@ pub fn plan<'a>(grouped: &Grouped<'a>, cache: &SnapshotCache) -> Plan<'a> {
             out.missing.push(group.account);
             continue;
         };
-        let fold = fold_group(start, &group.effects);
+        let fold = fold_group(start, grouped.effects_of(group));
         out.applied += u64::from(fold.applied);
         out.duplicates += u64::from(fold.duplicates);
         if fold.applied > 0 {
