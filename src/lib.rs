@@ -11,6 +11,8 @@
 //! - [`service`]: orchestration. Today the pure batch fold of the projector, which turns a
 //!   Kinesis batch into one snapshot write per touched account.
 
+pub mod adapters;
 pub mod codec;
 pub mod domain;
+pub mod ports;
 pub mod service;

@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod kinesis;
 pub mod record;
 pub mod rows;
+pub mod stored;
 pub mod time;
 pub mod wire;
 

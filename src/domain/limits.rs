@@ -14,8 +14,13 @@ pub const AMOUNT_HARD_MAX: i64 = i64::MAX;
 /// two-decimal currency). A typo with three extra zeros is rejected, not booked.
 pub const AMOUNT_MAX_DEFAULT: i64 = 1_000_000_000_000;
 
-/// Most events in one stored page (the event store's unit of conditional append).
-pub const PAGE_EVENTS_MAX: usize = 100;
+/// Most events in one stored page (the event store's unit of conditional append). A page
+/// becomes one DynamoDB `TransactWriteItems`: the page item, one marker per event and at
+/// most one reversal-target update per event, so 2 × 32 + 1 stays under its 100 items.
+pub const PAGE_EVENTS_MAX: usize = 32;
+
+/// How often the command service reloads and decides again after losing a race.
+pub const APPEND_RETRIES_MAX: u32 = 8;
 
 /// Largest encoded stream record, header included. Kinesis accepts 1 MiB of data plus the
 /// partition key per record; we stay one KiB under it so the key always fits.

@@ -1,3 +1,4 @@
 //! Orchestration of the domain over ports. Today: the projector's pure batch fold.
 
+pub mod command;
 pub mod projector;

@@ -1,0 +1,7 @@
+//! The embedded backend: a local redb database (events, markers, tips, snapshots,
+//! quarantine) with DynamoDB's conditional semantics, and an in-process stream with shards
+//! and an event source mapping. Needs nothing but the Rust toolchain.
+
+pub mod store;
+
+pub use store::EmbeddedStore;

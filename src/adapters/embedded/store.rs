@@ -1,0 +1,392 @@
+//! One redb file holding the source of truth and the read model.
+//!
+//! Why redb rather than SQLite: pure Rust (no C toolchain, no bundled C build in CI),
+//! ACID with MVCC readers that never block the writer, and typed tables whose keys order
+//! the way our access paths need (`(account, version)`). Conditions are checked inside the
+//! write transaction, which redb serializes, so they hold like DynamoDB's.
+//!
+//! Events are committed with `Durability::Immediate` (an acknowledged event survives a
+//! crash); snapshots with `Durability::None`, since catch-up rebuilds them from events.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::codec::stored::{
+    decode_marker, decode_snapshot, decode_tip, encode_marker, encode_snapshot, encode_tip,
+};
+use crate::codec::{WirePage, decode_page, encode_page};
+use crate::domain::{AccountId, AccountState, Event, EventKind, Page, Snapshot, TxnId};
+use crate::ports::{
+    Append, AppendError, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    SnapshotStore, StoreError, StoredTxn,
+};
+
+/// (account, first version) → encoded page.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// (account, txn id) → marker.
+const MARKERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("markers");
+/// account → version and balance of the newest event.
+const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
+/// account → snapshot.
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// (shard, sequence number) → error text, NUL, record bytes.
+const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
+
+/// The embedded database; cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/tally.redb`, creating `dir` if needed.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format_args!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("tally.redb");
+        let db = Database::create(&path)
+            .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
+        Self::init(db)
+    }
+
+    /// A database that lives in memory only (tests, benchmarks).
+    pub fn in_memory() -> Result<EmbeddedStore, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(unavailable)?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<EmbeddedStore, StoreError> {
+        let tx = db.begin_write().map_err(unavailable)?;
+        tx.open_table(EVENTS).map_err(unavailable)?;
+        tx.open_table(MARKERS).map_err(unavailable)?;
+        tx.open_table(TIPS).map_err(unavailable)?;
+        tx.open_table(SNAPSHOTS).map_err(unavailable)?;
+        tx.open_table(QUARANTINE).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let tips = tx.open_table(TIPS).map_err(unavailable)?;
+        match tips.get(account).map_err(unavailable)? {
+            Some(v) => decode_tip(v.value()).map_err(corrupt),
+            None => Ok(AccountState::default()),
+        }
+    }
+
+    fn read_sync(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let events = tx.open_table(EVENTS).map_err(unavailable)?;
+        // The page holding `from` starts at or before it.
+        let start = match events
+            .range((account, 0)..=(account, from.max(1)))
+            .map_err(unavailable)?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(unavailable)?.0.value().1,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for entry in events
+            .range((account, start)..=(account, to))
+            .map_err(unavailable)?
+        {
+            let (_, bytes) = entry.map_err(unavailable)?;
+            let page = decode_page(bytes.value()).map_err(corrupt)?;
+            out.extend(
+                page.into_events()
+                    .into_iter()
+                    .filter(|e| e.version >= from && e.version <= to),
+            );
+        }
+        Ok(out)
+    }
+
+    /// All quarantined records (for `tally` tooling and tests).
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(QUARANTINE).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (shard, seq) = k.value();
+            let v = v.value();
+            let nul = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+            out.push(Quarantined {
+                shard: shard.to_owned(),
+                sequence_number: seq.to_owned(),
+                error: String::from_utf8_lossy(&v[..nul]).into_owned(),
+                data: v.get(nul + 1..).unwrap_or_default().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+        let run = || -> Result<Vec<Result<(), AppendError>>, StoreError> {
+            let mut tx = self.db.begin_write().map_err(unavailable)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(unavailable)?;
+            let results = {
+                let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
+                let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
+                let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
+                let mut results = Vec::with_capacity(appends.len());
+                for append in &appends {
+                    let result = check_append(append, &markers, &tips).and_then(|writes| {
+                        write_append(append, writes, &mut events, &mut markers, &mut tips)
+                    });
+                    results.push(result);
+                }
+                results
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(results)
+        };
+        match run() {
+            Ok(results) => results,
+            Err(e) => appends
+                .iter()
+                .map(|_| Err(AppendError::Store(e.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// Marker writes an append will make once its conditions hold.
+type MarkerWrites = Vec<(String, StoredTxn)>;
+
+/// Checks every condition of one append without writing anything.
+fn check_append(
+    append: &Append,
+    markers: &redb::Table<(&str, &str), &[u8]>,
+    tips: &redb::Table<&str, &[u8]>,
+) -> Result<MarkerWrites, AppendError> {
+    let account = append.account.as_str();
+    let current = match tips.get(account).map_err(unavailable)? {
+        Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
+        None => 0,
+    };
+    if current != append.expected_version {
+        return Err(AppendError::Conflict { current });
+    }
+    let mut pending: HashMap<&str, StoredTxn> = HashMap::new();
+    let lookup =
+        |txn: &str, pending: &HashMap<&str, StoredTxn>| -> Result<Option<StoredTxn>, AppendError> {
+            if let Some(m) = pending.get(txn) {
+                return Ok(Some(*m));
+            }
+            match markers.get((account, txn)).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode_marker(v.value()).map_err(corrupt)?)),
+                None => Ok(None),
+            }
+        };
+    for event in &append.events {
+        if lookup(event.txn_id.as_str(), &pending)?.is_some() {
+            return Err(AppendError::DuplicateTxn(event.txn_id.clone()));
+        }
+        if let EventKind::Reversed { reverses, .. } = &event.kind {
+            let mut target = lookup(reverses.as_str(), &pending)?
+                .ok_or_else(|| AppendError::TargetReversed(reverses.clone()))?;
+            if target.record.reversed {
+                return Err(AppendError::TargetReversed(reverses.clone()));
+            }
+            target.record.reversed = true;
+            pending.insert(reverses.as_str(), target);
+        }
+        let record = event
+            .txn_record(false)
+            .ok_or_else(|| corrupt("event with an impossible delta"))?;
+        pending.insert(
+            event.txn_id.as_str(),
+            StoredTxn {
+                version: event.version,
+                record,
+            },
+        );
+    }
+    Ok(pending
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect())
+}
+
+fn write_append(
+    append: &Append,
+    marker_writes: MarkerWrites,
+    events: &mut redb::Table<(&str, u64), &[u8]>,
+    markers: &mut redb::Table<(&str, &str), &[u8]>,
+    tips: &mut redb::Table<&str, &[u8]>,
+) -> Result<(), AppendError> {
+    let account = append.account.as_str();
+    let page = Page::new(append.account.clone(), append.events.clone()).map_err(|e| corrupt(e))?;
+    let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
+    events
+        .insert((account, page.first_version()), bytes.as_slice())
+        .map_err(unavailable)?;
+    for (txn, marker) in &marker_writes {
+        markers
+            .insert((account, txn.as_str()), encode_marker(marker).as_slice())
+            .map_err(unavailable)?;
+    }
+    let last = &append.events[append.events.len() - 1];
+    tips.insert(account, encode_tip(&AccountState::after(last)).as_slice())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+impl EventStore for EmbeddedStore {
+    async fn tip(&self, account: &AccountId) -> Result<AccountState, StoreError> {
+        self.tip_sync(account.as_str())
+    }
+
+    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
+        match markers
+            .get((account.as_str(), txn.as_str()))
+            .map_err(unavailable)?
+        {
+            Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+
+    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+        if appends.is_empty() {
+            return Vec::new();
+        }
+        let store = self.clone();
+        // The commit waits for fsync: keep it off the async worker threads.
+        match tokio::task::spawn_blocking(move || store.append_sync(appends)).await {
+            Ok(results) => results,
+            Err(e) => vec![Err(AppendError::Store(unavailable(e)))],
+        }
+    }
+
+    async fn read(
+        &self,
+        account: &AccountId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_sync(account.as_str(), from, to)
+    }
+
+    async fn accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<(AccountId, u64)>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let tips = tx.open_table(TIPS).map_err(unavailable)?;
+        let range = match after {
+            Some(a) => tips.range::<&str>((
+                std::ops::Bound::Excluded(a.as_str()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tips.range::<&str>(..),
+        }
+        .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, v) = entry.map_err(unavailable)?;
+            let account = AccountId::new(k.value()).map_err(corrupt)?;
+            out.push((account, decode_tip(v.value()).map_err(corrupt)?.version));
+        }
+        Ok(out)
+    }
+}
+
+impl SnapshotStore for EmbeddedStore {
+    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .get_many(vec![account.to_owned()])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(SNAPSHOTS).map_err(unavailable)?;
+        accounts
+            .iter()
+            .map(|a| match table.get(a.as_str()).map_err(unavailable)? {
+                Some(v) => decode_snapshot(v.value()).map(Some).map_err(corrupt),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    async fn put_many(&self, puts: Vec<SnapshotPut>) -> Vec<Result<(), SnapshotError>> {
+        let n = puts.len();
+        let run = || -> Result<Vec<Result<(), SnapshotError>>, StoreError> {
+            let mut tx = self.db.begin_write().map_err(unavailable)?;
+            tx.set_durability(Durability::None).map_err(unavailable)?;
+            let results = {
+                let mut table = tx.open_table(SNAPSHOTS).map_err(unavailable)?;
+                let mut results = Vec::with_capacity(puts.len());
+                for put in &puts {
+                    let current = match table.get(put.account.as_str()).map_err(unavailable)? {
+                        Some(v) => Some(decode_snapshot(v.value()).map_err(corrupt)?),
+                        None => None,
+                    };
+                    if current.map_or(0, |s| s.version) != put.expected_version {
+                        results.push(Err(SnapshotError::Conflict { current }));
+                        continue;
+                    }
+                    table
+                        .insert(
+                            put.account.as_str(),
+                            encode_snapshot(&put.snapshot).as_slice(),
+                        )
+                        .map_err(unavailable)?;
+                    results.push(Ok(()));
+                }
+                results
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(results)
+        };
+        run().unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| Err(SnapshotError::Store(e.clone())))
+                .collect()
+        })
+    }
+}
+
+impl Quarantine for EmbeddedStore {
+    async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
+        let mut value = record.error.into_bytes();
+        value.retain(|&b| b != 0);
+        value.push(0);
+        value.extend_from_slice(&record.data);
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = tx.open_table(QUARANTINE).map_err(unavailable)?;
+            table
+                .insert(
+                    (record.shard.as_str(), record.sequence_number.as_str()),
+                    value.as_slice(),
+                )
+                .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+}

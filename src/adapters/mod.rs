@@ -1,0 +1,4 @@
+//! Backends behind the ports. Only adapters know a storage or transport API; services see
+//! the traits of `crate::ports`.
+
+pub mod embedded;
