@@ -58,6 +58,14 @@ pub trait EventStore: Send + Sync + 'static {
         account: &AccountId,
     ) -> impl Future<Output = Result<AccountState, StoreError>> + Send;
 
+    /// Everything `decide` needs for a run of commands, read consistently: the tip and the
+    /// markers of `txns` (in order; `None` where not booked).
+    fn load(
+        &self,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> impl Future<Output = Result<(AccountState, Vec<Option<StoredTxn>>), StoreError>> + Send;
+
     /// The marker of `txn` on `account`, if booked.
     fn txn(
         &self,

@@ -9,7 +9,8 @@ use crate::codec::bucket::{bucket, partition_key};
 use crate::codec::{WirePage, encode_records};
 use crate::domain::limits::{APPEND_RETRIES_MAX, PAGE_EVENTS_MAX, RECORD_BYTES_MAX};
 use crate::domain::{
-    AccountId, AccountState, Command, Event, EventKind, Page, Policy, Rejection, Timestamp, decide,
+    AccountId, AccountState, Command, Event, EventKind, Page, Policy, Rejection, Timestamp, TxnId,
+    decide,
 };
 use crate::ports::{
     Append, AppendError, EventPublisher, EventStore, OutRecord, StoreError, StoredTxn,
@@ -180,9 +181,20 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// Decides a chunk against the stored tip and markers, without writing.
     async fn decide_chunk(&self, chunk: &AccountChunk) -> Result<Decided, CommandError> {
         let account = &chunk.account;
-        let tip = self.store.tip(account).await?;
-        let mut state = tip;
+        let mut ids: Vec<TxnId> = Vec::with_capacity(chunk.commands.len() * 2);
+        for c in &chunk.commands {
+            ids.push(c.txn_id().clone());
+            ids.extend(c.reverses().cloned());
+        }
+        let (tip, found) = self.store.load(account, &ids).await?;
+        // Stored markers, overlaid below by what this chunk decides.
         let mut local: HashMap<&str, StoredTxn> = HashMap::new();
+        for (id, marker) in ids.iter().zip(found) {
+            if let Some(m) = marker {
+                local.insert(id.as_str(), m);
+            }
+        }
+        let mut state = tip;
         let mut d = Decided {
             outcomes: vec![None; chunk.commands.len()],
             duplicates: Vec::new(),
@@ -193,10 +205,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         let now = (self.clock)();
         for (slot, command) in chunk.commands.iter().enumerate() {
             let txn = command.txn_id();
-            let known = match local.get(txn.as_str()) {
-                Some(m) => Some(*m),
-                None => self.store.txn(account, txn).await?,
-            };
+            let known = local.get(txn.as_str()).copied();
             if let Some(original) = known {
                 match d.events.iter().find(|e| e.version == original.version) {
                     Some(e) => d.outcomes[slot] = Some(CommandOutcome::Duplicate(e.clone())),
@@ -204,13 +213,9 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 }
                 continue;
             }
-            let target = match command.reverses() {
-                Some(t) => match local.get(t.as_str()) {
-                    Some(m) => Some(*m),
-                    None => self.store.txn(account, t).await?,
-                },
-                None => None,
-            };
+            let target = command
+                .reverses()
+                .and_then(|t| local.get(t.as_str()).copied());
             match decide(
                 &state,
                 command,

@@ -3,5 +3,6 @@
 //! and an event source mapping. Needs nothing but the Rust toolchain.
 
 pub mod store;
+pub mod stream;
 
 pub use store::EmbeddedStore;

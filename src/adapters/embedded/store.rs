@@ -254,6 +254,36 @@ impl EventStore for EmbeddedStore {
         self.tip_sync(account.as_str())
     }
 
+    async fn load(
+        &self,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let tips = tx.open_table(TIPS).map_err(unavailable)?;
+        let tip = match tips.get(account.as_str()).map_err(unavailable)? {
+            Some(v) => decode_tip(v.value()).map_err(corrupt)?,
+            None => AccountState::default(),
+        };
+        if tip.version == 0 {
+            return Ok((tip, vec![None; txns.len()]));
+        }
+        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
+        let found = txns
+            .iter()
+            .map(|t| {
+                match markers
+                    .get((account.as_str(), t.as_str()))
+                    .map_err(unavailable)?
+                {
+                    Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
+                    None => Ok(None),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((tip, found))
+    }
+
     async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let markers = tx.open_table(MARKERS).map_err(unavailable)?;

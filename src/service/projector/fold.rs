@@ -279,6 +279,11 @@ impl SnapshotCache {
         self.map.insert(account.to_owned(), snapshot);
     }
 
+    /// Empties the cache (after a catch-up rewrote snapshots behind its back).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Drops an entry whose stored version is unknown (after a conflict).
     pub fn forget(&mut self, account: &str) {
         self.map.remove(account);
