@@ -193,12 +193,7 @@ async fn consume<E: EventStore, S: SnapshotStore, Q: Quarantine>(
             .batch_item_failures
             .iter()
             .filter_map(|f| f.item_identifier.as_deref())
-            .filter_map(|seq| {
-                event
-                    .records
-                    .iter()
-                    .position(|r| r.kinesis.sequence_number == seq)
-            })
+            .filter_map(|seq| seqs.iter().position(|s| s == seq))
             .min();
         let done = match lowest {
             None => {
