@@ -12,7 +12,9 @@
 //!   Kinesis batch into one snapshot write per touched account.
 
 pub mod adapters;
+pub mod app;
 pub mod codec;
 pub mod domain;
 pub mod ports;
 pub mod service;
+pub mod workload;

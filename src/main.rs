@@ -1,18 +1,379 @@
-//! The `tally` command-line interface. Subcommands (`serve`, `ingest`, `balance`, …)
-//! arrive with the embedded backend; today it prints help and version.
+//! The `tally` command-line interface over the embedded backend. Errors name the input
+//! and exit non-zero; `--json` prints exactly what the HTTP API returns.
 
-use clap::{CommandFactory, Parser};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-/// Event-sourced ledger projector: ingest transactions, fold them into balances.
+use clap::{Parser, Subcommand};
+use tally::app::{Embedded, Settings};
+use tally::codec::json::{BalanceView, EventView, PointInTimeView};
+use tally::codec::rows::{Format, RowReader};
+use tally::codec::time::parse_rfc3339;
+use tally::domain::AccountId;
+use tally::service::audit;
+use tally::service::ingest::{Rejects, ingest};
+use tally::workload::{GenSpec, generate};
+
+/// Event-sourced ledger: ingest transactions, fold them into balances, verify them.
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    /// Directory of the embedded database.
+    #[arg(
+        long,
+        global = true,
+        default_value = "tally-data",
+        env = "TALLY_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    // No subcommand exists yet: show what the tool is instead of doing nothing silently.
-    let mut command = Cli::command();
-    if command.print_help().is_err() {
-        std::process::exit(1);
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Book every row of a CSV or NDJSON file; print a summary and the resulting balances.
+    Ingest {
+        file: PathBuf,
+        /// Where to write refused rows (CSV: line,txn_id,account,field,reason).
+        #[arg(long, default_value = "rejects.csv")]
+        rejects: PathBuf,
+        /// Input format; by default from the extension, else from the content.
+        #[arg(long, value_parser = ["csv", "ndjson"])]
+        format: Option<String>,
+    },
+    /// Print an account's balance, or its balance as of a business time.
+    Balance {
+        account: String,
+        /// RFC 3339 business time, e.g. 2026-11-15T00:00:00Z.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an account's events.
+    History {
+        account: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild every snapshot from the event store.
+    Replay,
+    /// Re-fold every account and compare with its snapshot; exit 1 on any difference.
+    Verify,
+    /// Write a realistic workload as bulk CSV.
+    Gen {
+        #[arg(long)]
+        accounts: usize,
+        #[arg(long)]
+        transactions: usize,
+        /// Zipf exponent of the account mix (e.g. 1.0); uniform if absent.
+        #[arg(long)]
+        zipf: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file; standard output if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(message) => fail(message),
     }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn account(s: &str) -> Result<AccountId, String> {
+    AccountId::new(s).map_err(|e| format!("account {s:?}: {e}"))
+}
+
+async fn start(dir: &Path) -> Result<Embedded, String> {
+    Embedded::start(Some(dir), Settings::default())
+        .await
+        .map_err(|e| format!("data dir {}: {e}", dir.display()))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Cmd::Ingest {
+            file,
+            rejects,
+            format,
+        } => run_ingest(&cli.data_dir, &file, &rejects, format.as_deref()).await,
+        Cmd::Balance {
+            account: name,
+            at,
+            json,
+        } => {
+            let id = account(&name)?;
+            let app = start(&cli.data_dir).await?;
+            let out = match at {
+                None => {
+                    let s = app
+                        .query
+                        .balance(&id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or(format!("account {name} has no events"))?;
+                    let v = BalanceView::new(&name, &s);
+                    if json {
+                        to_json(&v)?
+                    } else {
+                        format!(
+                            "{name}: balance {} (version {}, {} {})",
+                            v.balance,
+                            v.version,
+                            v.month.unwrap_or_default(),
+                            v.month_balance
+                        )
+                    }
+                }
+                Some(at) => {
+                    let t = parse_rfc3339(&at).map_err(|e| format!("--at: {e}"))?;
+                    let p = app
+                        .query
+                        .balance_at(&id, t)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or(format!("account {name} has no events"))?;
+                    let v = PointInTimeView::new(&name, p.at, p.balance, p.events);
+                    if json {
+                        to_json(&v)?
+                    } else {
+                        format!(
+                            "{name}: balance {} at {} ({} events)",
+                            v.balance, v.at, v.events
+                        )
+                    }
+                }
+            };
+            println!("{out}");
+            app.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::History {
+            account: name,
+            from,
+            limit,
+            json,
+        } => {
+            let id = account(&name)?;
+            let app = start(&cli.data_dir).await?;
+            let events = app
+                .query
+                .history(&id, from, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let views: Vec<EventView> = events.iter().map(EventView::new).collect();
+            if json {
+                println!("{}", to_json(&views)?);
+            } else {
+                for v in &views {
+                    println!(
+                        "{:>6} {} {:<10} {:>12} balance {:>12}  {}{}",
+                        v.version,
+                        v.occurred_at,
+                        v.kind,
+                        v.amount,
+                        v.balance,
+                        v.txn_id,
+                        v.reverses
+                            .as_ref()
+                            .map(|r| format!(" (reverses {r})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            app.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay => {
+            let app = start(&cli.data_dir).await?;
+            let n = audit::replay(&app.store, &app.store)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("replayed {n} accounts");
+            app.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify => {
+            let app = start(&cli.data_dir).await?;
+            let report = audit::verify(&app.store, &app.store)
+                .await
+                .map_err(|e| e.to_string())?;
+            app.shutdown().await;
+            for d in &report.differences {
+                println!(
+                    "DIFFERENT {}: stored {:?}, folded {:?}",
+                    d.account, d.stored, d.folded
+                );
+            }
+            println!(
+                "verified {} accounts, {} events: {} differences",
+                report.accounts,
+                report.events,
+                report.differences.len()
+            );
+            Ok(if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Gen {
+            accounts,
+            transactions,
+            zipf,
+            seed,
+            out,
+        } => {
+            if accounts == 0 {
+                return Err("--accounts must be at least 1".into());
+            }
+            let spec = GenSpec {
+                accounts,
+                transactions,
+                zipf,
+                seed,
+            };
+            let result = match &out {
+                Some(path) => std::fs::File::create(path)
+                    .and_then(|f| generate(spec, f))
+                    .map_err(|e| format!("{}: {e}", path.display())),
+                None => generate(spec, std::io::stdout().lock()).map_err(|e| e.to_string()),
+            };
+            result.map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map_err(|e| e.to_string())
+}
+
+async fn run_ingest(
+    data_dir: &Path,
+    file: &Path,
+    rejects_path: &Path,
+    format: Option<&str>,
+) -> Result<ExitCode, String> {
+    let input = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let format = match format {
+        Some("ndjson") => Format::Ndjson,
+        Some(_) => Format::Csv,
+        None => match Format::from_path(file) {
+            Some(f) => f,
+            None => {
+                let mut head = [0u8; 64];
+                let n = std::io::Read::read(
+                    &mut std::fs::File::open(file).map_err(|e| e.to_string())?,
+                    &mut head,
+                )
+                .unwrap_or(0);
+                Format::sniff(&head[..n])
+            }
+        },
+    };
+    let rows = RowReader::new(std::io::BufReader::with_capacity(1 << 20, input), format)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let sink = std::fs::File::create(rejects_path)
+        .map_err(|e| format!("{}: {e}", rejects_path.display()))?;
+    let mut rejects = Rejects::new(std::io::BufWriter::new(sink))
+        .map_err(|e| format!("{}: {e}", rejects_path.display()))?;
+    let app = start(data_dir).await?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("ingesting {} ({size} bytes)", file.display()));
+        bar
+    });
+    let summary = ingest(rows, &app.commands, &mut rejects, |rows| {
+        if let Some(bar) = &bar {
+            bar.set_position(rows);
+            bar.tick();
+        }
+    })
+    .await
+    .map_err(|e| format!("{}: {e}", file.display()))?;
+    app.drain().await;
+    let elapsed = summary.elapsed;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    drop(rejects.into_inner());
+    println!(
+        "{}: {} rows, {} accepted, {} duplicates, {} rejected, {} invalid in {:.2}s ({:.0} rows/s)",
+        file.display(),
+        summary.rows,
+        summary.accepted,
+        summary.duplicates,
+        summary.rejected,
+        summary.invalid,
+        elapsed.as_secs_f64(),
+        summary.rows_per_second()
+    );
+    if summary.rejected + summary.invalid > 0 {
+        println!("refused rows: {}", rejects_path.display());
+    }
+    print_balances(&app).await?;
+    app.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first balances (account order), so a small file shows its whole result.
+async fn print_balances(app: &Embedded) -> Result<(), String> {
+    use tally::ports::EventStore;
+    const SHOWN_MAX: usize = 20;
+    let accounts = app
+        .store
+        .accounts(None, SHOWN_MAX + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{:<24} {:>14} {:>8} {:>14}",
+        "account", "balance", "month", "month balance"
+    );
+    for (id, _) in accounts.iter().take(SHOWN_MAX) {
+        if let Some(s) = app.query.balance(id).await.map_err(|e| e.to_string())? {
+            let month = s.month.map(|m| m.to_string()).unwrap_or_default();
+            println!(
+                "{:<24} {:>14} {:>8} {:>14}",
+                id.as_str(),
+                s.balance.minor(),
+                month,
+                s.month_balance
+            );
+        }
+    }
+    if accounts.len() > SHOWN_MAX {
+        println!("… more accounts: `tally balance ACCOUNT`");
+    }
+    Ok(())
 }

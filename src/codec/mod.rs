@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod bucket;
+pub mod json;
 pub mod kinesis;
 pub mod record;
 pub mod rows;

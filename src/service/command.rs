@@ -15,6 +15,7 @@ use crate::domain::{
 use crate::ports::{
     Append, AppendError, EventPublisher, EventStore, OutRecord, StoreError, StoredTxn,
 };
+use crate::service::metrics::Metrics;
 
 /// What happened to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub enum CommandError {
     Contended(u32),
 }
 
-/// Commands of one account, decided in order. At most [`PAGE_EVENTS_MAX`] of them.
+/// Commands of one account, decided in order.
 #[derive(Debug, Clone)]
 pub struct AccountChunk {
     pub account: AccountId,
@@ -61,6 +62,7 @@ pub struct CommandService<S, P> {
     policy: Policy,
     buckets: u32,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 /// One chunk's decisions before the append.
@@ -82,7 +84,14 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             policy,
             buckets: buckets.max(1),
             clock,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts appended events into shared metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -107,82 +116,111 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             .expect("one chunk of one command gives one outcome"))
     }
 
-    /// Many accounts at once (each at most once), each chunk's commands in order. All pages
-    /// go to the store in one call; losers of a race are reloaded and decided again.
+    /// Many accounts at once (each at most once), each chunk's commands in order, chunks
+    /// of any length. Events go to the store in pages of at most [`PAGE_EVENTS_MAX`], all in
+    /// one call; the store applies an account's pages in order. If an account's later page
+    /// loses a race, its earlier pages stand and the rest of its commands are reloaded and
+    /// decided again (bounded by [`APPEND_RETRIES_MAX`]).
     pub async fn submit_chunks(
         &self,
         chunks: Vec<AccountChunk>,
     ) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
-        debug_assert!(chunks.iter().all(|c| c.commands.len() <= PAGE_EVENTS_MAX));
-        let mut results: Vec<Option<Vec<CommandOutcome>>> = vec![None; chunks.len()];
-        let mut pending: Vec<usize> = (0..chunks.len()).collect();
+        let mut done: Vec<Vec<CommandOutcome>> = chunks
+            .iter()
+            .map(|c| Vec::with_capacity(c.commands.len()))
+            .collect();
+        let mut pending: Vec<usize> = (0..chunks.len())
+            .filter(|&i| !chunks[i].commands.is_empty())
+            .collect();
         let mut booked: Vec<Page> = Vec::new();
-        for _attempt in 0..=APPEND_RETRIES_MAX {
-            if pending.is_empty() {
-                break;
+        let mut attempts = 0;
+        while !pending.is_empty() {
+            if attempts > APPEND_RETRIES_MAX {
+                return Err(CommandError::Contended(APPEND_RETRIES_MAX));
             }
+            attempts += 1;
             let mut decided = Vec::with_capacity(pending.len());
+            let mut appends = Vec::new();
             for &i in &pending {
-                decided.push(self.decide_chunk(&chunks[i]).await?);
+                let start = done[i].len();
+                let d = self
+                    .decide_chunk(&chunks[i].account, &chunks[i].commands[start..])
+                    .await?;
+                let mut expected_version = d.tip.version;
+                for page in d.events.chunks(PAGE_EVENTS_MAX) {
+                    appends.push(Append {
+                        account: chunks[i].account.clone(),
+                        expected_version,
+                        events: page.to_vec(),
+                    });
+                    expected_version = page[page.len() - 1].version;
+                }
+                decided.push(d);
             }
-            let appends: Vec<(usize, Append)> = pending
-                .iter()
-                .zip(&decided)
-                .filter(|(_, d)| !d.events.is_empty())
-                .map(|(&i, d)| {
-                    (
-                        i,
-                        Append {
-                            account: chunks[i].account.clone(),
-                            expected_version: d.tip.version,
-                            events: d.events.clone(),
-                        },
-                    )
-                })
-                .collect();
-            let (slots, appends): (Vec<usize>, Vec<Append>) = appends.into_iter().unzip();
-            let mut append_results: HashMap<usize, Result<(), AppendError>> = slots
-                .iter()
-                .copied()
-                .zip(self.store.append(appends.clone()).await)
-                .collect();
+            let mut results = self.store.append(appends).await.into_iter();
             let mut retry = Vec::new();
             for (&i, mut d) in pending.iter().zip(decided) {
-                match append_results.remove(&i).unwrap_or(Ok(())) {
-                    Ok(()) => {
-                        for (event, &slot) in d.events.iter().zip(&d.event_slots) {
-                            d.outcomes[slot] = Some(CommandOutcome::Booked(event.clone()));
-                        }
-                        if !d.events.is_empty() {
-                            booked.push(
-                                Page::new(chunks[i].account.clone(), d.events.clone())
-                                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                            );
-                        }
-                        results[i] = Some(self.finish(&chunks[i].account, d).await?);
+                let pages = d.events.len().div_ceil(PAGE_EVENTS_MAX);
+                let mut stored_pages = 0;
+                let mut lost = false;
+                for result in results.by_ref().take(pages) {
+                    match result {
+                        Ok(()) if !lost => stored_pages += 1,
+                        Ok(()) => {}
+                        Err(AppendError::Store(e)) => return Err(e.into()),
+                        Err(
+                            AppendError::Conflict { .. }
+                            | AppendError::DuplicateTxn(_)
+                            | AppendError::TargetReversed(_),
+                        ) => lost = true,
                     }
-                    Err(AppendError::Store(e)) => return Err(e.into()),
-                    Err(
-                        AppendError::Conflict { .. }
-                        | AppendError::DuplicateTxn(_)
-                        | AppendError::TargetReversed(_),
-                    ) => retry.push(i),
+                }
+                let stored_events = (stored_pages * PAGE_EVENTS_MAX).min(d.events.len());
+                // Decisions up to the last stored event's command are final; with no stored
+                // event and a lost race, nothing is (they were made on a stale tip).
+                let final_commands = if !lost {
+                    d.outcomes.len()
+                } else if stored_events == 0 {
+                    0
+                } else {
+                    d.event_slots[stored_events - 1] + 1
+                };
+                for (event, &slot) in d.events.iter().zip(&d.event_slots).take(stored_events) {
+                    d.outcomes[slot] = Some(CommandOutcome::Booked(event.clone()));
+                }
+                if stored_events > 0 {
+                    let page = Page::new(
+                        chunks[i].account.clone(),
+                        d.events[..stored_events].to_vec(),
+                    )
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    booked.push(page);
+                }
+                d.outcomes.truncate(final_commands);
+                d.duplicates.retain(|(slot, _)| *slot < final_commands);
+                done[i].extend(self.finish(&chunks[i].account, d).await?);
+                if done[i].len() < chunks[i].commands.len() {
+                    retry.push(i);
                 }
             }
             pending = retry;
         }
-        if !pending.is_empty() {
-            return Err(CommandError::Contended(APPEND_RETRIES_MAX));
-        }
+        Metrics::add(
+            &self.metrics.events_appended,
+            booked.iter().map(|p| p.events().len() as u64).sum(),
+        );
         self.publish(&booked).await;
-        Ok(results.into_iter().map(|r| r.unwrap_or_default()).collect())
+        Ok(done)
     }
 
     /// Decides a chunk against the stored tip and markers, without writing.
-    async fn decide_chunk(&self, chunk: &AccountChunk) -> Result<Decided, CommandError> {
-        let account = &chunk.account;
-        let mut ids: Vec<TxnId> = Vec::with_capacity(chunk.commands.len() * 2);
-        for c in &chunk.commands {
+    async fn decide_chunk(
+        &self,
+        account: &AccountId,
+        commands: &[Command],
+    ) -> Result<Decided, CommandError> {
+        let mut ids: Vec<TxnId> = Vec::with_capacity(commands.len() * 2);
+        for c in commands {
             ids.push(c.txn_id().clone());
             ids.extend(c.reverses().cloned());
         }
@@ -196,14 +234,14 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         }
         let mut state = tip;
         let mut d = Decided {
-            outcomes: vec![None; chunk.commands.len()],
+            outcomes: vec![None; commands.len()],
             duplicates: Vec::new(),
             tip,
             events: Vec::new(),
             event_slots: Vec::new(),
         };
         let now = (self.clock)();
-        for (slot, command) in chunk.commands.iter().enumerate() {
+        for (slot, command) in commands.iter().enumerate() {
             let txn = command.txn_id();
             let known = local.get(txn.as_str()).copied();
             if let Some(original) = known {

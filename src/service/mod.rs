@@ -1,5 +1,8 @@
 //! Orchestration of the domain over ports. Today: the projector's pure batch fold.
 
+pub mod audit;
 pub mod command;
+pub mod ingest;
 pub mod metrics;
 pub mod projector;
+pub mod query;

@@ -2,7 +2,7 @@
 //!
 //! Why redb rather than SQLite: pure Rust (no C toolchain, no bundled C build in CI),
 //! ACID with MVCC readers that never block the writer, and typed tables whose keys order
-//! the way our access paths need (`(account, version)`). Conditions are checked inside the
+//! the way our access paths need (account, then version). Conditions are checked inside the
 //! write transaction, which redb serializes, so they hold like DynamoDB's.
 //!
 //! Events are committed with `Durability::Immediate` (an acknowledged event survives a
@@ -24,16 +24,42 @@ use crate::ports::{
     SnapshotStore, StoreError, StoredTxn,
 };
 
-/// (account, first version) → encoded page.
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-/// (account, txn id) → marker.
-const MARKERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("markers");
+/// `event_key(account, first version)` → encoded page.
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// `marker_key(account, txn id)` → marker.
+const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
 /// account → version and balance of the newest event.
 const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
+
+/// `account NUL version(big-endian)`: orders by account, then version, and compares as
+/// plain bytes (ids never contain NUL). Tuple keys cost several times more per compare.
+fn event_key(account: &str, version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(account.len() + 9);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn key_version(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// `account NUL txn`.
+fn marker_key(account: &str, txn: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k.extend_from_slice(txn.as_bytes());
+    k
+}
 
 /// The embedded database; cheap to clone (shared handle).
 #[derive(Clone)]
@@ -93,16 +119,16 @@ impl EmbeddedStore {
         let events = tx.open_table(EVENTS).map_err(unavailable)?;
         // The page holding `from` starts at or before it.
         let start = match events
-            .range((account, 0)..=(account, from.max(1)))
+            .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
             .map_err(unavailable)?
             .next_back()
         {
-            Some(entry) => entry.map_err(unavailable)?.0.value().1,
+            Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
             None => 0,
         };
         let mut out = Vec::new();
         for entry in events
-            .range((account, start)..=(account, to))
+            .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
             .map_err(unavailable)?
         {
             let (_, bytes) = entry.map_err(unavailable)?;
@@ -173,7 +199,7 @@ type MarkerWrites = Vec<(String, StoredTxn)>;
 /// Checks every condition of one append without writing anything.
 fn check_append(
     append: &Append,
-    markers: &redb::Table<(&str, &str), &[u8]>,
+    markers: &redb::Table<&[u8], &[u8]>,
     tips: &redb::Table<&str, &[u8]>,
 ) -> Result<MarkerWrites, AppendError> {
     let account = append.account.as_str();
@@ -190,7 +216,10 @@ fn check_append(
             if let Some(m) = pending.get(txn) {
                 return Ok(Some(*m));
             }
-            match markers.get((account, txn)).map_err(unavailable)? {
+            match markers
+                .get(marker_key(account, txn).as_slice())
+                .map_err(unavailable)?
+            {
                 Some(v) => Ok(Some(decode_marker(v.value()).map_err(corrupt)?)),
                 None => Ok(None),
             }
@@ -228,19 +257,25 @@ fn check_append(
 fn write_append(
     append: &Append,
     marker_writes: MarkerWrites,
-    events: &mut redb::Table<(&str, u64), &[u8]>,
-    markers: &mut redb::Table<(&str, &str), &[u8]>,
+    events: &mut redb::Table<&[u8], &[u8]>,
+    markers: &mut redb::Table<&[u8], &[u8]>,
     tips: &mut redb::Table<&str, &[u8]>,
 ) -> Result<(), AppendError> {
     let account = append.account.as_str();
     let page = Page::new(append.account.clone(), append.events.clone()).map_err(|e| corrupt(e))?;
     let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
     events
-        .insert((account, page.first_version()), bytes.as_slice())
+        .insert(
+            event_key(account, page.first_version()).as_slice(),
+            bytes.as_slice(),
+        )
         .map_err(unavailable)?;
     for (txn, marker) in &marker_writes {
         markers
-            .insert((account, txn.as_str()), encode_marker(marker).as_slice())
+            .insert(
+                marker_key(account, txn).as_slice(),
+                encode_marker(marker).as_slice(),
+            )
             .map_err(unavailable)?;
     }
     let last = &append.events[append.events.len() - 1];
@@ -273,7 +308,7 @@ impl EventStore for EmbeddedStore {
             .iter()
             .map(|t| {
                 match markers
-                    .get((account.as_str(), t.as_str()))
+                    .get(marker_key(account.as_str(), t.as_str()).as_slice())
                     .map_err(unavailable)?
                 {
                     Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
@@ -288,7 +323,7 @@ impl EventStore for EmbeddedStore {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let markers = tx.open_table(MARKERS).map_err(unavailable)?;
         match markers
-            .get((account.as_str(), txn.as_str()))
+            .get(marker_key(account.as_str(), txn.as_str()).as_slice())
             .map_err(unavailable)?
         {
             Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),

@@ -1,0 +1,107 @@
+//! The read side: balances from the snapshot store, history and point-in-time balances
+//! folded from the event store on demand. A snapshot that lags its events (a publish that
+//! failed, a crash before catch-up) is completed from the event store before it is served,
+//! so a client always reads its own acknowledged writes.
+
+use crate::domain::{AccountId, Effect, Event, Money, Snapshot, Timestamp};
+use crate::ports::{EventStore, SnapshotStore, StoreError};
+use crate::service::projector::fold_group;
+
+/// Most events returned by one history call.
+pub const HISTORY_PAGE_MAX: usize = 1_000;
+
+pub struct QueryService<E, S> {
+    events: E,
+    snapshots: S,
+}
+
+/// A balance at a business time: every event whose `occurred_at` is at or before `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointInTime {
+    pub at: Timestamp,
+    pub balance: Money,
+    pub events: u64,
+}
+
+impl<E: EventStore, S: SnapshotStore> QueryService<E, S> {
+    pub fn new(events: E, snapshots: S) -> Self {
+        QueryService { events, snapshots }
+    }
+
+    /// The account's snapshot, completed from the event store if it lags; `None` for an
+    /// account with no events.
+    pub async fn balance(&self, account: &AccountId) -> Result<Option<Snapshot>, StoreError> {
+        let snapshot = self
+            .snapshots
+            .get(account.as_str())
+            .await?
+            .unwrap_or_default();
+        let tip = self.events.tip(account).await?;
+        if tip.version == 0 {
+            return Ok(None);
+        }
+        if snapshot.version >= tip.version {
+            return Ok(Some(snapshot));
+        }
+        let missing = self
+            .events
+            .read(account, snapshot.version + 1, tip.version)
+            .await?;
+        let fx: Vec<Effect> = missing.iter().filter_map(Event::effect).collect();
+        let fold = fold_group(snapshot, &fx);
+        match fold.stop {
+            None => Ok(Some(fold.snapshot)),
+            Some(stop) => Err(StoreError::Corrupt(format!(
+                "events of {account} do not fold: {stop:?}"
+            ))),
+        }
+    }
+
+    /// Events `from..` in version order, at most `limit` (capped at [`HISTORY_PAGE_MAX`]).
+    pub async fn history(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let limit = limit.clamp(1, HISTORY_PAGE_MAX) as u64;
+        let from = from.max(1);
+        self.events
+            .read(account, from, from.saturating_add(limit - 1))
+            .await
+    }
+
+    /// The balance as of business time `at`; `None` for an unknown account.
+    pub async fn balance_at(
+        &self,
+        account: &AccountId,
+        at: Timestamp,
+    ) -> Result<Option<PointInTime>, StoreError> {
+        let tip = self.events.tip(account).await?;
+        if tip.version == 0 {
+            return Ok(None);
+        }
+        let mut sum: i128 = 0;
+        let mut events = 0;
+        for e in self.events.read(account, 1, tip.version).await? {
+            if e.occurred_at <= at {
+                let delta = e
+                    .kind
+                    .delta()
+                    .ok_or_else(|| StoreError::Corrupt("impossible delta".into()))?;
+                sum += i128::from(delta.minor());
+                events += 1;
+            }
+        }
+        // Any prefix of booked deltas in business-time order may exceed i64 in theory
+        // (reversals are booked later); report it rather than wrap.
+        let balance = i64::try_from(sum).map_err(|_| {
+            StoreError::Corrupt(format!("balance of {account} at {at} exceeds i64"))
+        })?;
+        Ok(Some(PointInTime {
+            at,
+            balance: Money(balance),
+            events,
+        }))
+    }
+}
