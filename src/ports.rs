@@ -102,7 +102,7 @@ pub trait EventStore: Send + Sync + 'static {
 pub enum SnapshotError {
     /// The stored snapshot is not at the expected version; here it is (no extra read).
     #[error("snapshot conflict")]
-    Conflict { current: Option<Snapshot> },
+    Conflict { current: Option<Box<Snapshot>> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -129,10 +129,7 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
         });
         queues[i].1.push(row);
     }
-    let lines: Vec<Vec<Row>> = queues
-        .iter_mut()
-        .map(|(_, q)| q.drain(..).collect())
-        .collect();
+    let lines: Vec<Vec<Row>> = queues.iter_mut().map(|(_, q)| std::mem::take(q)).collect();
     let chunks = queues
         .iter()
         .zip(&lines)

@@ -5,6 +5,7 @@
 mod codec_robustness;
 mod harness;
 mod matrix;
+mod pipeline;
 mod projector;
 mod properties;
 mod reference;

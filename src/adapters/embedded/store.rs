@@ -262,7 +262,7 @@ fn write_append(
     tips: &mut redb::Table<&str, &[u8]>,
 ) -> Result<(), AppendError> {
     let account = append.account.as_str();
-    let page = Page::new(append.account.clone(), append.events.clone()).map_err(|e| corrupt(e))?;
+    let page = Page::new(append.account.clone(), append.events.clone()).map_err(corrupt)?;
     let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
     events
         .insert(
@@ -412,7 +412,9 @@ impl SnapshotStore for EmbeddedStore {
                         None => None,
                     };
                     if current.map_or(0, |s| s.version) != put.expected_version {
-                        results.push(Err(SnapshotError::Conflict { current }));
+                        results.push(Err(SnapshotError::Conflict {
+                            current: current.map(Box::new),
+                        }));
                         continue;
                     }
                     table

@@ -256,7 +256,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     }
                     Err(SnapshotError::Conflict { current }) => {
                         Metrics::add(&self.metrics.snapshot_conflicts, 1);
-                        let current = current.unwrap_or_default();
+                        let current = current.map_or_else(Snapshot::default, |s| *s);
                         cache.forget(&put.account);
                         cache.commit(&put.account, current);
                         if current.version >= put.snapshot.version {
