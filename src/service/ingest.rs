@@ -15,7 +15,7 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 
 /// Rows read before a window is grouped and submitted: bounds memory, and is large enough
 /// that one store transaction carries many accounts.
-pub const INGEST_WINDOW_ROWS: usize = 16_384;
+pub const INGEST_WINDOW_ROWS: usize = 65_536;
 
 /// What an ingestion did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

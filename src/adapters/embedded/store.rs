@@ -8,7 +8,7 @@
 //! Events are committed with `Durability::Immediate` (an acknowledged event survives a
 //! crash); snapshots with `Durability::None`, since catch-up rebuilds them from events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,6 +61,9 @@ fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k
 }
 
+/// redb's page cache: bounded so memory stays flat however large the ledger grows.
+const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 /// The embedded database; cheap to clone (shared handle).
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -81,7 +84,9 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format_args!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("tally.redb");
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
         Self::init(db)
     }
@@ -162,6 +167,9 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    /// Checks every append against the stored state plus what earlier appends of this call
+    /// staged, then writes all staged entries in key order: sorted inserts keep each B-tree
+    /// leaf copied once per transaction (random-order inserts copied a leaf per insert).
     fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
         let run = || -> Result<Vec<Result<(), AppendError>>, StoreError> {
             let mut tx = self.db.begin_write().map_err(unavailable)?;
@@ -171,12 +179,27 @@ impl EmbeddedStore {
                 let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
                 let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
                 let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
-                let mut results = Vec::with_capacity(appends.len());
-                for append in &appends {
-                    let result = check_append(append, &markers, &tips).and_then(|writes| {
-                        write_append(append, writes, &mut events, &mut markers, &mut tips)
-                    });
-                    results.push(result);
+                let mut staged = Staged::default();
+                let results: Vec<Result<(), AppendError>> = appends
+                    .iter()
+                    .map(|append| {
+                        check_append(append, &markers, &tips, &staged)
+                            .and_then(|w| staged.add(append, w))
+                    })
+                    .collect();
+                for (k, v) in &staged.events {
+                    events
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(unavailable)?;
+                }
+                for (k, m) in &staged.markers {
+                    markers
+                        .insert(k.as_slice(), encode_marker(m).as_slice())
+                        .map_err(unavailable)?;
+                }
+                for (k, t) in &staged.tips {
+                    tips.insert(k.as_str(), encode_tip(t).as_slice())
+                        .map_err(unavailable)?;
                 }
                 results
             };
@@ -193,6 +216,31 @@ impl EmbeddedStore {
     }
 }
 
+/// Writes of one `append` call, not yet in the tables, sorted by key.
+#[derive(Default)]
+struct Staged {
+    events: BTreeMap<Vec<u8>, Vec<u8>>,
+    markers: BTreeMap<Vec<u8>, StoredTxn>,
+    tips: BTreeMap<String, AccountState>,
+}
+
+impl Staged {
+    fn add(&mut self, append: &Append, marker_writes: MarkerWrites) -> Result<(), AppendError> {
+        let account = append.account.as_str();
+        let page = Page::new(append.account.clone(), append.events.clone()).map_err(corrupt)?;
+        let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
+        self.events
+            .insert(event_key(account, page.first_version()), bytes.to_vec());
+        for (txn, marker) in marker_writes {
+            self.markers.insert(marker_key(account, &txn), marker);
+        }
+        let last = &append.events[append.events.len() - 1];
+        self.tips
+            .insert(account.to_owned(), AccountState::after(last));
+        Ok(())
+    }
+}
+
 /// Marker writes an append will make once its conditions hold.
 type MarkerWrites = Vec<(String, StoredTxn)>;
 
@@ -201,11 +249,15 @@ fn check_append(
     append: &Append,
     markers: &redb::Table<&[u8], &[u8]>,
     tips: &redb::Table<&str, &[u8]>,
+    staged: &Staged,
 ) -> Result<MarkerWrites, AppendError> {
     let account = append.account.as_str();
-    let current = match tips.get(account).map_err(unavailable)? {
-        Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
-        None => 0,
+    let current = match staged.tips.get(account) {
+        Some(t) => t.version,
+        None => match tips.get(account).map_err(unavailable)? {
+            Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
+            None => 0,
+        },
     };
     if current != append.expected_version {
         return Err(AppendError::Conflict { current });
@@ -216,10 +268,11 @@ fn check_append(
             if let Some(m) = pending.get(txn) {
                 return Ok(Some(*m));
             }
-            match markers
-                .get(marker_key(account, txn).as_slice())
-                .map_err(unavailable)?
-            {
+            let key = marker_key(account, txn);
+            if let Some(m) = staged.markers.get(&key) {
+                return Ok(Some(*m));
+            }
+            match markers.get(key.as_slice()).map_err(unavailable)? {
                 Some(v) => Ok(Some(decode_marker(v.value()).map_err(corrupt)?)),
                 None => Ok(None),
             }
@@ -252,36 +305,6 @@ fn check_append(
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect())
-}
-
-fn write_append(
-    append: &Append,
-    marker_writes: MarkerWrites,
-    events: &mut redb::Table<&[u8], &[u8]>,
-    markers: &mut redb::Table<&[u8], &[u8]>,
-    tips: &mut redb::Table<&str, &[u8]>,
-) -> Result<(), AppendError> {
-    let account = append.account.as_str();
-    let page = Page::new(append.account.clone(), append.events.clone()).map_err(corrupt)?;
-    let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
-    events
-        .insert(
-            event_key(account, page.first_version()).as_slice(),
-            bytes.as_slice(),
-        )
-        .map_err(unavailable)?;
-    for (txn, marker) in &marker_writes {
-        markers
-            .insert(
-                marker_key(account, txn).as_slice(),
-                encode_marker(marker).as_slice(),
-            )
-            .map_err(unavailable)?;
-    }
-    let last = &append.events[append.events.len() - 1];
-    tips.insert(account, encode_tip(&AccountState::after(last)).as_slice())
-        .map_err(unavailable)?;
-    Ok(())
 }
 
 impl EventStore for EmbeddedStore {
