@@ -101,6 +101,15 @@ impl Embedded {
         })
     }
 
+    /// The HTTP API over this instance.
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(Arc::new(crate::http::Api {
+            commands: self.commands.clone(),
+            query: self.query.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
     /// Waits until every published record has been projected.
     pub async fn drain(&self) {
         self.consumers.drain().await;

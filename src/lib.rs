@@ -15,6 +15,7 @@ pub mod adapters;
 pub mod app;
 pub mod codec;
 pub mod domain;
+pub mod http;
 pub mod ports;
 pub mod service;
 pub mod workload;

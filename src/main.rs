@@ -33,6 +33,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Serve the HTTP API (and project in the background) until Ctrl-C.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:3000", env = "TALLY_ADDR")]
+        addr: String,
+    },
     /// Book every row of a CSV or NDJSON file; print a summary and the resulting balances.
     Ingest {
         file: PathBuf,
@@ -122,6 +127,7 @@ async fn start(dir: &Path) -> Result<Embedded, String> {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Cmd::Serve { addr } => serve(&cli.data_dir, &addr).await,
         Cmd::Ingest {
             file,
             rejects,
@@ -272,6 +278,27 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             result.map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(data_dir: &Path, addr: &str) -> Result<ExitCode, String> {
+    let app = start(data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--addr {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "tally serving http://{local} (data dir {}); Ctrl-C stops",
+        data_dir.display()
+    );
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    app.shutdown().await;
+    eprintln!("tally stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, String> {

@@ -56,6 +56,7 @@ pub fn system_clock() -> Clock {
     })
 }
 
+#[derive(Clone)]
 pub struct CommandService<S, P> {
     store: S,
     publisher: P,

@@ -10,6 +10,7 @@ use crate::service::projector::fold_group;
 /// Most events returned by one history call.
 pub const HISTORY_PAGE_MAX: usize = 1_000;
 
+#[derive(Clone)]
 pub struct QueryService<E, S> {
     events: E,
     snapshots: S,

@@ -1,0 +1,492 @@
+//! The HTTP API: one axum `Router`, served by `tally serve` and (later) by the Lambda
+//! functions through lambda_http. JSON in and out; every error is
+//! `{"error": code, "message": text, "field": name?}` with a fitting status.
+//!
+//! Must never: panic on any input, or write anything for a request it rejects.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::json::{BalanceView, EventView, PointInTimeView};
+use crate::codec::rows::{Format, RowReader};
+use crate::codec::time::parse_rfc3339;
+use crate::domain::{AccountId, Command, Money, Rejection, TxnId};
+use crate::ports::{EventPublisher, EventStore, SnapshotStore, StoreError};
+use crate::service::command::{CommandError, CommandOutcome, CommandService};
+use crate::service::ingest::{IngestError, Rejects, ingest};
+use crate::service::metrics::Metrics;
+use crate::service::query::QueryService;
+
+/// Largest request body (a bulk file): bigger ones get 413. Split larger files.
+pub const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Every route, for the OpenAPI check and the docs. Keep in step with [`router`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/accounts/{account}/deposits"),
+    ("post", "/v1/accounts/{account}/withdrawals"),
+    ("post", "/v1/accounts/{account}/reversals"),
+    ("post", "/v1/transactions"),
+    ("get", "/v1/accounts/{account}/balance"),
+    ("get", "/v1/accounts/{account}/events"),
+    ("get", "/health"),
+    ("get", "/metrics"),
+];
+
+/// What the handlers share.
+pub struct Api<E, P, S> {
+    pub commands: CommandService<E, P>,
+    pub query: QueryService<E, S>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The API error body.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        message: impl Into<String>,
+        field: Option<&'static str>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            field,
+        }
+    }
+
+    fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            message,
+            Some(field),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(&self)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "store error");
+        match e {
+            StoreError::Throttled => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "throttled",
+                "try again shortly",
+                None,
+            ),
+            StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the ledger is unavailable; try again",
+                None,
+            ),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        match e {
+            CommandError::Store(s) => s.into(),
+            CommandError::Contended(_) => {
+                ApiError::new(StatusCode::CONFLICT, "contended", e.to_string(), None)
+            }
+        }
+    }
+}
+
+fn rejection(r: &Rejection) -> ApiError {
+    let (status, code, field) = match r {
+        Rejection::AmountOutOfRange { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_out_of_range",
+            Some("amount"),
+        ),
+        Rejection::InsufficientFunds { .. } => {
+            (StatusCode::CONFLICT, "insufficient_funds", Some("amount"))
+        }
+        Rejection::UnknownReversalTarget { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_reversal_target",
+            Some("reverses"),
+        ),
+        Rejection::AlreadyReversed { .. } => {
+            (StatusCode::CONFLICT, "already_reversed", Some("reverses"))
+        }
+        Rejection::ReversalOfReversal { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reversal_of_reversal",
+            Some("reverses"),
+        ),
+        Rejection::BalanceOverflow { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "balance_overflow",
+            Some("amount"),
+        ),
+        Rejection::VersionExhausted => (StatusCode::CONFLICT, "version_exhausted", None),
+    };
+    ApiError::new(status, code, r.to_string(), field)
+}
+
+/// Builds the router over any backend.
+pub fn router<E, P, S>(api: Arc<Api<E, P, S>>) -> Router
+where
+    E: EventStore + Clone,
+    P: EventPublisher,
+    S: SnapshotStore,
+{
+    Router::new()
+        .route("/v1/accounts/{account}/deposits", post(deposit::<E, P, S>))
+        .route(
+            "/v1/accounts/{account}/withdrawals",
+            post(withdraw::<E, P, S>),
+        )
+        .route("/v1/accounts/{account}/reversals", post(reverse::<E, P, S>))
+        .route("/v1/transactions", post(bulk::<E, P, S>))
+        .route("/v1/accounts/{account}/balance", get(balance::<E, P, S>))
+        .route("/v1/accounts/{account}/events", get(events::<E, P, S>))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics::<E, P, S>))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(api)
+}
+
+fn account(raw: &str) -> Result<AccountId, ApiError> {
+    AccountId::new(raw).map_err(|e| ApiError::invalid("account", format!("account: {e}")))
+}
+
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds {BODY_BYTES_MAX} bytes"),
+                None,
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text(), None)
+        }
+    })
+}
+
+/// Body of a deposit, withdrawal or reversal; each field is checked by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    txn_id: Option<serde_json::Value>,
+    amount: Option<serde_json::Value>,
+    reverses: Option<serde_json::Value>,
+    occurred_at: Option<serde_json::Value>,
+}
+
+fn parse_body(bytes: &[u8]) -> Result<TxnBody, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        let field = ["txn_id", "amount", "reverses", "occurred_at"]
+            .into_iter()
+            .find(|f| text.contains(&format!("`{f}`")));
+        let field = if text.starts_with("unknown field") {
+            None
+        } else {
+            field
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("invalid JSON body: {text}"),
+            field,
+        )
+    })
+}
+
+fn text_field<'a>(
+    name: &'static str,
+    v: &'a Option<serde_json::Value>,
+) -> Result<&'a str, ApiError> {
+    match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s),
+        None | Some(serde_json::Value::Null) => {
+            Err(ApiError::invalid(name, format!("{name} is required")))
+        }
+        Some(other) => Err(ApiError::invalid(
+            name,
+            format!("{name} must be a non-empty string, got {other}"),
+        )),
+    }
+}
+
+fn txn_id(name: &'static str, v: &Option<serde_json::Value>) -> Result<TxnId, ApiError> {
+    TxnId::new(text_field(name, v)?).map_err(|e| ApiError::invalid(name, format!("{name}: {e}")))
+}
+
+fn amount(v: &Option<serde_json::Value>) -> Result<Money, ApiError> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_i64().map(Money).ok_or_else(|| {
+            ApiError::invalid(
+                "amount",
+                format!("amount must be an integer number of minor units, got {n}"),
+            )
+        }),
+        None | Some(serde_json::Value::Null) => {
+            Err(ApiError::invalid("amount", "amount is required"))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "amount",
+            format!("amount must be an integer, got {other}"),
+        )),
+    }
+}
+
+fn occurred_at(v: &Option<serde_json::Value>) -> Result<crate::domain::Timestamp, ApiError> {
+    parse_rfc3339(text_field("occurred_at", v)?).map_err(|e| ApiError::invalid("occurred_at", e))
+}
+
+fn no_field(name: &'static str, v: &Option<serde_json::Value>) -> Result<(), ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            name,
+            format!("{name} is not allowed here"),
+        )),
+    }
+}
+
+async fn submit<E: EventStore, P: EventPublisher, S>(
+    api: &Api<E, P, S>,
+    account: AccountId,
+    command: Command,
+) -> Result<Response, ApiError> {
+    match api.commands.submit(account, command).await? {
+        CommandOutcome::Booked(e) => {
+            Ok((StatusCode::CREATED, axum::Json(EventView::new(&e))).into_response())
+        }
+        CommandOutcome::Duplicate(e) => {
+            Ok((StatusCode::OK, axum::Json(EventView::new(&e))).into_response())
+        }
+        CommandOutcome::Rejected(r) => Err(rejection(&r)),
+    }
+}
+
+async fn deposit<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    Path(raw): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account(&raw)?;
+    let t = parse_body(&body(b)?)?;
+    no_field("reverses", &t.reverses)?;
+    let command = Command::Deposit {
+        txn_id: txn_id("txn_id", &t.txn_id)?,
+        amount: amount(&t.amount)?,
+        occurred_at: occurred_at(&t.occurred_at)?,
+    };
+    submit(&api, account, command).await
+}
+
+async fn withdraw<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    Path(raw): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account(&raw)?;
+    let t = parse_body(&body(b)?)?;
+    no_field("reverses", &t.reverses)?;
+    let command = Command::Withdraw {
+        txn_id: txn_id("txn_id", &t.txn_id)?,
+        amount: amount(&t.amount)?,
+        occurred_at: occurred_at(&t.occurred_at)?,
+    };
+    submit(&api, account, command).await
+}
+
+async fn reverse<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    Path(raw): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account(&raw)?;
+    let t = parse_body(&body(b)?)?;
+    no_field("amount", &t.amount)?;
+    let command = Command::Reverse {
+        txn_id: txn_id("txn_id", &t.txn_id)?,
+        reverses: txn_id("reverses", &t.reverses)?,
+        occurred_at: occurred_at(&t.occurred_at)?,
+    };
+    submit(&api, account, command).await
+}
+
+/// Summary of a bulk request, with every refused row.
+#[derive(Serialize)]
+struct BulkSummary {
+    rows: u64,
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    invalid: u64,
+    refused: Vec<RefusedRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefusedRow {
+    line: u64,
+    txn_id: String,
+    account: String,
+    field: String,
+    reason: String,
+}
+
+async fn bulk<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body(b)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = if content_type.contains("ndjson") || content_type.contains("jsonl") {
+        Format::Ndjson
+    } else if content_type.contains("csv") {
+        Format::Csv
+    } else {
+        Format::sniff(&bytes)
+    };
+    let rows = RowReader::new(std::io::Cursor::new(bytes), format).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.to_string(),
+            None,
+        )
+    })?;
+    let mut rejects =
+        Rejects::new(Vec::new()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let summary = ingest(rows, &api.commands, &mut rejects, |_| {})
+        .await
+        .map_err(|e| match e {
+            IngestError::Input(e) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                e.to_string(),
+                None,
+            ),
+            IngestError::Rejects(e) => StoreError::Unavailable(e.to_string()).into(),
+            IngestError::Command(e) => e.into(),
+        })?;
+    let refused = csv::Reader::from_reader(rejects.into_inner().as_slice())
+        .deserialize()
+        .filter_map(Result::ok)
+        .collect();
+    let out = BulkSummary {
+        rows: summary.rows,
+        accepted: summary.accepted,
+        duplicates: summary.duplicates,
+        rejected: summary.rejected,
+        invalid: summary.invalid,
+        refused,
+    };
+    Ok((StatusCode::OK, axum::Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+struct BalanceQuery {
+    at: Option<String>,
+}
+
+async fn balance<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    Path(raw): Path<String>,
+    q: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = account(&raw)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid("at", e.body_text()))?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            format!("account {raw} has no events"),
+            Some("account"),
+        )
+    };
+    match q.at {
+        None => {
+            let s = api.query.balance(&id).await?.ok_or_else(unknown)?;
+            Ok(axum::Json(BalanceView::new(&raw, &s)).into_response())
+        }
+        Some(at) => {
+            let t = parse_rfc3339(&at).map_err(|e| ApiError::invalid("at", e))?;
+            let p = api.query.balance_at(&id, t).await?.ok_or_else(unknown)?;
+            Ok(axum::Json(PointInTimeView::new(&raw, p.at, p.balance, p.events)).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
+    State(api): State<Arc<Api<E, P, S>>>,
+    Path(raw): Path<String>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = account(&raw)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid("limit", e.body_text()))?;
+    let list = api
+        .query
+        .history(&id, q.from.unwrap_or(1), q.limit.unwrap_or(100))
+        .await?;
+    if list.is_empty() && q.from.unwrap_or(1) <= 1 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            format!("account {raw} has no events"),
+            Some("account"),
+        ));
+    }
+    let views: Vec<EventView> = list.iter().map(EventView::new).collect();
+    Ok(axum::Json(serde_json::json!({ "account": raw, "events": views })).into_response())
+}
+
+async fn metrics<E, P, S>(State(api): State<Arc<Api<E, P, S>>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.metrics.render(),
+    )
+        .into_response()
+}
