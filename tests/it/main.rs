@@ -4,6 +4,7 @@
 
 mod codec_robustness;
 mod harness;
+mod http;
 mod matrix;
 mod pipeline;
 mod projector;
