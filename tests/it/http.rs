@@ -391,10 +391,9 @@ fn openapi_routes() -> Vec<(String, String)> {
         } else if let (Some(p), Some(m)) = (
             &path,
             line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')),
-        ) {
-            if ["get", "post", "put", "delete", "patch"].contains(&m) {
-                out.push((m.to_owned(), p.clone()));
-            }
+        ) && ["get", "post", "put", "delete", "patch"].contains(&m)
+        {
+            out.push((m.to_owned(), p.clone()));
         }
     }
     out
