@@ -15,6 +15,17 @@ use tally::service::audit;
 use tally::service::ingest::{Rejects, ingest};
 use tally::workload::{GenSpec, generate};
 
+/// `println!` that treats a closed stdout (`tally … | head`) as "the reader has seen
+/// enough": exit quietly instead of panicking. Work done before printing is already durable.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Event-sourced ledger: ingest transactions, fold them into balances, verify them.
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about, long_about = None)]
@@ -180,7 +191,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     }
                 }
             };
-            println!("{out}");
+            say!("{out}");
             app.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -199,10 +210,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             let views: Vec<EventView> = events.iter().map(EventView::new).collect();
             if json {
-                println!("{}", to_json(&views)?);
+                say!("{}", to_json(&views)?);
             } else {
                 for v in &views {
-                    println!(
+                    say!(
                         "{:>6} {} {:<10} {:>12} balance {:>12}  {}{}",
                         v.version,
                         v.occurred_at,
@@ -225,7 +236,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let n = audit::replay(&app.store, &app.store)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("replayed {n} accounts");
+            say!("replayed {n} accounts");
             app.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -236,12 +247,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             app.shutdown().await;
             for d in &report.differences {
-                println!(
+                say!(
                     "DIFFERENT {}: stored {:?}, folded {:?}",
-                    d.account, d.stored, d.folded
+                    d.account,
+                    d.stored,
+                    d.folded
                 );
             }
-            println!(
+            say!(
                 "verified {} accounts, {} events: {} differences",
                 report.accounts,
                 report.events,
@@ -355,7 +368,7 @@ async fn run_ingest(
         bar.finish_and_clear();
     }
     drop(rejects.into_inner());
-    println!(
+    say!(
         "{}: {} rows, {} accepted, {} duplicates, {} rejected, {} invalid in {:.2}s ({:.0} rows/s)",
         file.display(),
         summary.rows,
@@ -367,7 +380,7 @@ async fn run_ingest(
         summary.rows_per_second()
     );
     if summary.rejected + summary.invalid > 0 {
-        println!("refused rows: {}", rejects_path.display());
+        say!("refused rows: {}", rejects_path.display());
     }
     print_balances(&app).await?;
     app.shutdown().await;
@@ -383,14 +396,17 @@ async fn print_balances(app: &Embedded) -> Result<(), String> {
         .accounts(None, SHOWN_MAX + 1)
         .await
         .map_err(|e| e.to_string())?;
-    println!(
+    say!(
         "{:<24} {:>14} {:>8} {:>14}",
-        "account", "balance", "month", "month balance"
+        "account",
+        "balance",
+        "month",
+        "month balance"
     );
     for (id, _) in accounts.iter().take(SHOWN_MAX) {
         if let Some(s) = app.query.balance(id).await.map_err(|e| e.to_string())? {
             let month = s.month.map(|m| m.to_string()).unwrap_or_default();
-            println!(
+            say!(
                 "{:<24} {:>14} {:>8} {:>14}",
                 id.as_str(),
                 s.balance.minor(),
@@ -400,7 +416,7 @@ async fn print_balances(app: &Embedded) -> Result<(), String> {
         }
     }
     if accounts.len() > SHOWN_MAX {
-        println!("… more accounts: `tally balance ACCOUNT`");
+        say!("… more accounts: `tally balance ACCOUNT`");
     }
     Ok(())
 }

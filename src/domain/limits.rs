@@ -20,7 +20,10 @@ pub const AMOUNT_MAX_DEFAULT: i64 = 1_000_000_000_000;
 pub const PAGE_EVENTS_MAX: usize = 32;
 
 /// How often the command service reloads and decides again after losing a race.
-pub const APPEND_RETRIES_MAX: u32 = 8;
+pub const APPEND_RETRIES_MAX: u32 = 16;
+
+/// Ceiling of the jittered backoff between such retries.
+pub const RETRY_DELAY_MS_MAX: u64 = 50;
 
 /// Largest encoded stream record, header included. Kinesis accepts 1 MiB of data plus the
 /// partition key per record; we stay one KiB under it so the key always fits.

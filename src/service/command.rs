@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::codec::bucket::{bucket, partition_key};
 use crate::codec::{WirePage, encode_records};
-use crate::domain::limits::{APPEND_RETRIES_MAX, PAGE_EVENTS_MAX, RECORD_BYTES_MAX};
+use crate::domain::limits::{
+    APPEND_RETRIES_MAX, PAGE_EVENTS_MAX, RECORD_BYTES_MAX, RETRY_DELAY_MS_MAX,
+};
 use crate::domain::{
     AccountId, AccountState, Command, Event, EventKind, Page, Policy, Rejection, Timestamp, TxnId,
     decide,
@@ -41,6 +43,16 @@ pub enum CommandError {
 pub struct AccountChunk {
     pub account: AccountId,
     pub commands: Vec<Command>,
+}
+
+/// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, … capped at
+/// [`RETRY_DELAY_MS_MAX`].
+fn retry_delay(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    std::time::Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
 }
 
 /// A source of ledger time; injected so tests control it.
@@ -137,7 +149,13 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         let mut attempts = 0;
         while !pending.is_empty() {
             if attempts > APPEND_RETRIES_MAX {
+                // What was booked stays booked; publish it before giving up on the rest.
+                self.publish(&booked).await;
                 return Err(CommandError::Contended(APPEND_RETRIES_MAX));
+            }
+            if attempts > 0 {
+                // Racers that retry at once collide again: back off with jitter.
+                tokio::time::sleep(retry_delay(attempts)).await;
             }
             attempts += 1;
             let mut decided = Vec::with_capacity(pending.len());
