@@ -87,7 +87,14 @@ impl EmbeddedStore {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format_args!(
+                    "{} is in use by another tally process (a running `tally serve`?); \
+                     stop it or use its HTTP API",
+                    path.display()
+                )),
+                e => unavailable(format_args!("cannot open {}: {e}", path.display())),
+            })?;
         Self::init(db)
     }
 
