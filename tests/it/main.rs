@@ -3,6 +3,7 @@
 //! projector's batch fold.
 
 mod codec_robustness;
+mod crash;
 mod harness;
 mod http;
 mod matrix;
