@@ -299,20 +299,62 @@ async fn submit<E: EventStore, P: EventPublisher, S>(
     }
 }
 
+/// The three single-transaction routes differ only in which command the body makes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Deposit,
+    Withdraw,
+    Reverse,
+}
+
+fn command(kind: Kind, t: &TxnBody) -> Result<Command, ApiError> {
+    let txn = txn_id("txn_id", &t.txn_id)?;
+    let at = || occurred_at(&t.occurred_at);
+    Ok(match kind {
+        Kind::Deposit | Kind::Withdraw => {
+            no_field("reverses", &t.reverses)?;
+            let (amount, occurred_at) = (amount(&t.amount)?, at()?);
+            match kind {
+                Kind::Deposit => Command::Deposit {
+                    txn_id: txn,
+                    amount,
+                    occurred_at,
+                },
+                _ => Command::Withdraw {
+                    txn_id: txn,
+                    amount,
+                    occurred_at,
+                },
+            }
+        }
+        Kind::Reverse => {
+            no_field("amount", &t.amount)?;
+            Command::Reverse {
+                txn_id: txn,
+                reverses: txn_id("reverses", &t.reverses)?,
+                occurred_at: at()?,
+            }
+        }
+    })
+}
+
+async fn book<E: EventStore, P: EventPublisher, S>(
+    api: &Api<E, P, S>,
+    kind: Kind,
+    raw: &str,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = account(raw)?;
+    let t = parse_body(&body(b)?)?;
+    submit(api, account, command(kind, &t)?).await
+}
+
 async fn deposit<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
     State(api): State<Arc<Api<E, P, S>>>,
     Path(raw): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let account = account(&raw)?;
-    let t = parse_body(&body(b)?)?;
-    no_field("reverses", &t.reverses)?;
-    let command = Command::Deposit {
-        txn_id: txn_id("txn_id", &t.txn_id)?,
-        amount: amount(&t.amount)?,
-        occurred_at: occurred_at(&t.occurred_at)?,
-    };
-    submit(&api, account, command).await
+    book(&api, Kind::Deposit, &raw, b).await
 }
 
 async fn withdraw<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
@@ -320,15 +362,7 @@ async fn withdraw<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
     Path(raw): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let account = account(&raw)?;
-    let t = parse_body(&body(b)?)?;
-    no_field("reverses", &t.reverses)?;
-    let command = Command::Withdraw {
-        txn_id: txn_id("txn_id", &t.txn_id)?,
-        amount: amount(&t.amount)?,
-        occurred_at: occurred_at(&t.occurred_at)?,
-    };
-    submit(&api, account, command).await
+    book(&api, Kind::Withdraw, &raw, b).await
 }
 
 async fn reverse<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
@@ -336,15 +370,7 @@ async fn reverse<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
     Path(raw): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let account = account(&raw)?;
-    let t = parse_body(&body(b)?)?;
-    no_field("amount", &t.amount)?;
-    let command = Command::Reverse {
-        txn_id: txn_id("txn_id", &t.txn_id)?,
-        reverses: txn_id("reverses", &t.reverses)?,
-        occurred_at: occurred_at(&t.occurred_at)?,
-    };
-    submit(&api, account, command).await
+    book(&api, Kind::Reverse, &raw, b).await
 }
 
 /// Summary of a bulk request, with every refused row.

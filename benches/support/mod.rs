@@ -6,27 +6,7 @@ use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord, Kinesi
 use tally::codec::bucket::partition_key_of;
 use tally::codec::{WireAggregate, WireEvent, WireKind, WirePage, encode_aggregate};
 
-/// splitmix64: tiny, deterministic, good enough to pick accounts and amounts.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+pub use tally::workload::Rng;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Mix {
@@ -45,39 +25,20 @@ impl Mix {
 }
 
 /// Picks account indices by `mix`.
-pub struct Picker {
-    cdf: Option<Vec<f64>>,
-    n: u64,
-}
+pub struct Picker(tally::workload::Picker);
 
 impl Picker {
     pub fn new(n: usize, mix: Mix) -> Picker {
-        let cdf = match mix {
-            Mix::Uniform => None,
-            Mix::Zipf(s) => {
-                let mut acc = 0.0;
-                let mut cdf: Vec<f64> = (1..=n)
-                    .map(|k| {
-                        acc += 1.0 / (k as f64).powf(s);
-                        acc
-                    })
-                    .collect();
-                for c in &mut cdf {
-                    *c /= acc;
-                }
-                Some(cdf)
-            }
-        };
-        Picker { cdf, n: n as u64 }
+        Picker(tally::workload::Picker::new(
+            n,
+            match mix {
+                Mix::Uniform => None,
+                Mix::Zipf(s) => Some(s),
+            },
+        ))
     }
     pub fn pick(&self, rng: &mut Rng) -> usize {
-        match &self.cdf {
-            None => rng.below(self.n) as usize,
-            Some(cdf) => {
-                let u = rng.unit();
-                cdf.partition_point(|&c| c < u).min(cdf.len() - 1)
-            }
-        }
+        self.0.pick(rng)
     }
 }
 

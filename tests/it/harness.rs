@@ -143,3 +143,21 @@ impl Ledger {
         self
     }
 }
+
+/// A Lambda Kinesis event (JSON, with the fields Lambda sends) around record payloads.
+pub fn lambda_json(records: &[Vec<u8>]) -> String {
+    let items: Vec<String> = records
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            format!(
+                r#"{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":"{}","sequenceNumber":"{}","data":"{}","approximateArrivalTimestamp":1.5}},"eventSource":"aws:kinesis","eventID":"shardId-000000000000:{}","eventName":"aws:kinesis:record"}}"#,
+                tally::codec::bucket::partition_key_of("a", 1024),
+                1000 + i,
+                base64_simd::STANDARD.encode_to_string(data),
+                1000 + i
+            )
+        })
+        .collect();
+    format!(r#"{{"Records":[{}]}}"#, items.join(","))
+}

@@ -14,7 +14,7 @@ use tally::service::command::{CommandOutcome, CommandService};
 use tally::service::ingest::{Rejects, ingest};
 use tally::workload::{GenSpec, generate};
 
-use crate::harness::txn;
+use crate::harness::{lambda_json, txn};
 use crate::reference::{RefCmd, RefLedger};
 
 fn fixed_clock() -> tally::service::command::Clock {
@@ -379,20 +379,6 @@ async fn concurrent_withdrawals_racing_on_one_account_never_overdraw() {
             .differences
             .is_empty()
     );
-}
-
-fn lambda_json(records: &[Vec<u8>]) -> String {
-    let items: Vec<String> = records
-        .iter()
-        .enumerate()
-        .map(|(i, data)| {
-            format!(
-                r#"{{"eventID":"shardId-000000000000:{i}","kinesis":{{"sequenceNumber":"{i}","partitionKey":"b0000","data":"{}"}}}}"#,
-                base64_simd::STANDARD.encode_to_string(data)
-            )
-        })
-        .collect();
-    format!(r#"{{"Records":[{}]}}"#, items.join(","))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,12 @@
 //! The projector's batch fold on Lambda-shaped input: grouping keeps per-account order,
 //! one write per touched account, duplicates skipped, gaps and poison reported.
 
-use tally::codec::bucket::partition_key_of;
 use tally::codec::kinesis::{Arena, KinesisBatch};
 use tally::codec::{WireAggregate, WirePage, encode_aggregate};
 use tally::domain::{AccountId, Event, Page, Snapshot};
 use tally::service::projector::{SnapshotCache, Stop, group, plan};
 
-use crate::harness::Ledger;
+use crate::harness::{Ledger, lambda_json};
 use crate::reference::RefCmd;
 
 fn account_events(n: usize, seed: i64) -> Vec<Event> {
@@ -34,23 +33,6 @@ fn record(pages: &[(&str, &[Event])]) -> Vec<u8> {
         })
         .collect();
     encode_aggregate(&WireAggregate { pages }).unwrap().to_vec()
-}
-
-fn lambda_json(records: &[Vec<u8>]) -> String {
-    let items: Vec<String> = records
-        .iter()
-        .enumerate()
-        .map(|(i, data)| {
-            format!(
-                r#"{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":"{}","sequenceNumber":"{}","data":"{}","approximateArrivalTimestamp":1.5}},"eventSource":"aws:kinesis","eventID":"shardId-000000000000:{}","eventName":"aws:kinesis:record"}}"#,
-                partition_key_of("a", 1024),
-                1000 + i,
-                base64_simd::STANDARD.encode_to_string(data),
-                1000 + i
-            )
-        })
-        .collect();
-    format!(r#"{{"Records":[{}]}}"#, items.join(","))
 }
 
 #[test]
