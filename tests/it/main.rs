@@ -2,6 +2,7 @@
 //! independent reference model, property tests, codec robustness, bulk rows and the
 //! projector's batch fold.
 
+mod aws;
 mod codec_robustness;
 mod crash;
 mod harness;

@@ -1,0 +1,45 @@
+//! AWS adapters: DynamoDB for the event store, snapshots and quarantine (and, next, Kinesis
+//! for the stream). SDK types and errors stay inside this module; services see ports.
+//!
+//! Tested against DynamoDB Local (AWS's own emulator) started by `scripts/emulators up`.
+
+pub mod dynamodb;
+
+use aws_config::BehaviorVersion;
+
+/// Where the AWS resources are and what they are called. From `TALLY_*` variables; the
+/// SDK honours `AWS_ENDPOINT_URL`, `AWS_REGION` and the usual credential chain itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub events_table: String,
+    pub balances_table: String,
+    pub quarantine_table: String,
+    /// Seconds transaction markers live (DynamoDB TTL); `None` keeps them forever.
+    pub marker_ttl_secs: Option<u64>,
+}
+
+impl AwsConfig {
+    /// Reads `TALLY_EVENTS_TABLE`, `TALLY_BALANCES_TABLE`, `TALLY_QUARANTINE_TABLE` and
+    /// `TALLY_MARKER_TTL_SECS`, failing fast with the variable's name.
+    pub fn from_env() -> Result<AwsConfig, String> {
+        let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+        let ttl =
+            match std::env::var("TALLY_MARKER_TTL_SECS") {
+                Ok(v) => Some(v.parse().map_err(|_| {
+                    format!("TALLY_MARKER_TTL_SECS: {v:?} is not a number of seconds")
+                })?),
+                Err(_) => None,
+            };
+        Ok(AwsConfig {
+            events_table: var("TALLY_EVENTS_TABLE")?,
+            balances_table: var("TALLY_BALANCES_TABLE")?,
+            quarantine_table: var("TALLY_QUARANTINE_TABLE")?,
+            marker_ttl_secs: ttl,
+        })
+    }
+}
+
+/// The shared SDK configuration, loaded once per process.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}

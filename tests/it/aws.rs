@@ -1,0 +1,323 @@
+//! The DynamoDB adapters against DynamoDB Local (`scripts/test` starts it; plain
+//! `cargo test` without it prints that these were skipped and why). Each test uses its own
+//! tables, named like the AWS resources, so tests run in parallel.
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use tally::adapters::aws::AwsConfig;
+use tally::adapters::aws::dynamodb::DynamoStore;
+use tally::adapters::embedded::stream::{EmbeddedStream, Mapping, spawn_consumers};
+use tally::codec::rows::{Format, RowReader};
+use tally::domain::{
+    AccountId, AccountState, Command, Event, EventKind, Money, Policy, Timestamp, TxnId,
+};
+use tally::ports::{Append, AppendError, EventStore, SnapshotError, SnapshotPut, SnapshotStore};
+use tally::service::audit;
+use tally::service::command::{CommandOutcome, CommandService};
+use tally::service::ingest::{Rejects, ingest};
+use tally::service::metrics::Metrics;
+use tally::service::projector::Projector;
+
+use crate::harness::txn;
+
+/// The store on fresh tables, or `None` (and a note on stderr) without DynamoDB Local.
+async fn store(test: &str) -> Option<DynamoStore> {
+    let Ok(endpoint) = std::env::var("TALLY_TEST_DYNAMODB_ENDPOINT") else {
+        // Written past libtest's capture on purpose, so a plain `cargo test` shows it.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED aws::{test}: TALLY_TEST_DYNAMODB_ENDPOINT is not set; \
+             scripts/test starts DynamoDB Local and runs everything"
+        );
+        return None;
+    };
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("eu-west-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "tests"))
+        .build();
+    let suffix = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let config = AwsConfig {
+        events_table: format!("tally-events-{suffix}"),
+        balances_table: format!("tally-balances-{suffix}"),
+        quarantine_table: format!("tally-quarantine-{suffix}"),
+        marker_ttl_secs: Some(86_400 * 400),
+    };
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), config);
+    store
+        .create_tables()
+        .await
+        .expect("tables can be created in DynamoDB Local");
+    Some(store)
+}
+
+fn at() -> Timestamp {
+    Timestamp::from_millis(1_793_523_600_000).unwrap()
+}
+
+fn deposit(version: u64, id: &str, amount: i64, balance: i64) -> Event {
+    Event {
+        version,
+        txn_id: txn(id),
+        kind: EventKind::Deposited {
+            amount: Money(amount),
+        },
+        occurred_at: at(),
+        recorded_at: at(),
+        balance: Money(balance),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_appends_tell_conflicts_duplicates_and_reversed_targets_apart() {
+    let Some(store) = store("appends").await else {
+        return;
+    };
+    let acct = AccountId::new("acct-1").unwrap();
+    let page = |expected_version, events| Append {
+        account: acct.clone(),
+        expected_version,
+        events,
+    };
+    assert_eq!(
+        store
+            .append(vec![page(
+                0,
+                vec![deposit(1, "d1", 100, 100), deposit(2, "d2", 50, 150)]
+            )])
+            .await,
+        vec![Ok(())]
+    );
+    assert_eq!(
+        store.tip(&acct).await.unwrap(),
+        AccountState {
+            version: 2,
+            balance: Money(150)
+        }
+    );
+
+    // A second writer that decided on the old tip collides on the page key.
+    let stale = store
+        .append(vec![page(0, vec![deposit(1, "x1", 5, 5)])])
+        .await;
+    assert_eq!(stale, vec![Err(AppendError::Conflict { current: 2 })]);
+    // A repeated transaction id is told apart from a version conflict.
+    let dup = store
+        .append(vec![page(2, vec![deposit(3, "d1", 7, 157)])])
+        .await;
+    assert_eq!(dup, vec![Err(AppendError::DuplicateTxn(txn("d1")))]);
+    assert_eq!(
+        store.tip(&acct).await.unwrap().version,
+        2,
+        "a refused append wrote nothing"
+    );
+
+    // A reversal flips its target; a second reversal of it is refused.
+    let rev = |version, id: &str, balance| Event {
+        version,
+        txn_id: txn(id),
+        kind: EventKind::Reversed {
+            reverses: txn("d2"),
+            delta: Money(-50),
+        },
+        occurred_at: at(),
+        recorded_at: at(),
+        balance: Money(balance),
+    };
+    assert_eq!(
+        store.append(vec![page(2, vec![rev(3, "r1", 100)])]).await,
+        vec![Ok(())]
+    );
+    assert!(
+        store
+            .txn(&acct, &txn("d2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .reversed
+    );
+    let again = store.append(vec![page(3, vec![rev(4, "r2", 50)])]).await;
+    assert_eq!(again, vec![Err(AppendError::TargetReversed(txn("d2")))]);
+
+    // A target booked and reversed within one page is written reversed.
+    let same_page = vec![
+        deposit(4, "d4", 10, 110),
+        Event {
+            version: 5,
+            txn_id: txn("r4"),
+            kind: EventKind::Reversed {
+                reverses: txn("d4"),
+                delta: Money(-10),
+            },
+            occurred_at: at(),
+            recorded_at: at(),
+            balance: Money(100),
+        },
+    ];
+    assert_eq!(store.append(vec![page(3, same_page)]).await, vec![Ok(())]);
+    assert!(
+        store
+            .txn(&acct, &txn("d4"))
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .reversed
+    );
+
+    let (tip, markers) = store
+        .load(&acct, &[txn("d1"), txn("nope"), txn("r4")])
+        .await
+        .unwrap();
+    assert_eq!(tip.version, 5);
+    assert_eq!(
+        markers
+            .iter()
+            .map(|m| m.map(|m| m.version))
+            .collect::<Vec<_>>(),
+        [Some(1), None, Some(5)]
+    );
+    let read: Vec<u64> = store
+        .read(&acct, 2, 4)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(read, [2, 3, 4], "a range read spans pages");
+    assert_eq!(
+        store.accounts(None, 10).await.unwrap(),
+        vec![(acct.clone(), 5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_writes_are_conditional_and_a_conflict_returns_the_stored_item() {
+    let Some(store) = store("balances").await else {
+        return;
+    };
+    let one = tally::domain::Snapshot {
+        version: 1,
+        balance: Money(5),
+        credit_total: 5,
+        credit_count: 1,
+        month: tally::domain::Month::new(2026, 11),
+        month_balance: 5,
+        last_occurred_at: Some(at()),
+        updated_at: Some(at()),
+        ..Default::default()
+    };
+    let put = |expected_version, snapshot| SnapshotPut {
+        account: "acct-s".into(),
+        expected_version,
+        snapshot,
+    };
+    assert_eq!(store.put_many(vec![put(0, one)]).await, vec![Ok(())]);
+    let lost = store.put_many(vec![put(0, one)]).await;
+    assert_eq!(
+        lost,
+        vec![Err(SnapshotError::Conflict {
+            current: Some(Box::new(one))
+        })],
+        "ALL_OLD comes back with the failure"
+    );
+    assert_eq!(
+        store
+            .get_many(vec!["acct-s".into(), "none".into()])
+            .await
+            .unwrap(),
+        vec![Some(one), None]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pipeline_on_dynamodb_books_the_example_and_verifies_clean() {
+    let Some(store) = store("pipeline").await else {
+        return;
+    };
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        1_000,
+        metrics.clone(),
+    ));
+    let stream = EmbeddedStream::new(2, metrics.clone());
+    let consumers = spawn_consumers(stream.clone(), projector, Mapping::default());
+    let commands = CommandService::new(
+        store.clone(),
+        stream.clone(),
+        Policy::default(),
+        64,
+        Arc::new(at),
+    );
+    let csv = include_str!("../../examples/transactions.csv");
+    let rows = RowReader::new(csv.as_bytes(), Format::Csv).unwrap();
+    let mut rejects = Rejects::new(Vec::new()).unwrap();
+    let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
+    assert_eq!((s.accepted, s.duplicates, s.rejected), (13, 1, 1));
+    consumers.drain().await;
+    consumers.stop().await;
+    let alice = store.get("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (alice.balance, alice.month_balance),
+        (Money(270_000), 65_000)
+    );
+    let report = audit::verify(&store, &store).await.unwrap();
+    assert_eq!(
+        (report.accounts, report.events, report.differences.len()),
+        (4, 13, 0)
+    );
+
+    // Two writers racing withdrawals on one account through DynamoDB: never an overdraft.
+    let racers: Vec<_> = (0..12)
+        .map(|i| {
+            let commands = CommandService::new(
+                store.clone(),
+                stream.clone(),
+                Policy::default(),
+                64,
+                Arc::new(at),
+            );
+            tokio::spawn(async move {
+                let cmd = Command::Withdraw {
+                    txn_id: TxnId::new(format!("race-{i}")).unwrap(),
+                    amount: Money(20_000),
+                    occurred_at: at(),
+                };
+                commands.submit(AccountId::new("dave").unwrap(), cmd).await
+            })
+        })
+        .collect();
+    let mut booked = 0;
+    for r in racers {
+        if let Ok(CommandOutcome::Booked(e)) = r.await.unwrap() {
+            assert!(e.balance.minor() >= 0);
+            booked += 1;
+        }
+    }
+    assert_eq!(
+        booked, 3,
+        "75,000 covers exactly three withdrawals of 20,000"
+    );
+    assert_eq!(
+        store
+            .tip(&AccountId::new("dave").unwrap())
+            .await
+            .unwrap()
+            .balance,
+        Money(15_000)
+    );
+}
