@@ -321,3 +321,112 @@ async fn the_whole_pipeline_on_dynamodb_books_the_example_and_verifies_clean() {
         Money(15_000)
     );
 }
+
+/// A fresh stream on kinesalite, or `None` (and a note) without it.
+async fn kinesis(test: &str, shards: i32) -> Option<(aws_sdk_kinesis::Client, String)> {
+    let Ok(endpoint) = std::env::var("TALLY_TEST_KINESIS_ENDPOINT") else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED aws::{test}: TALLY_TEST_KINESIS_ENDPOINT is not set; scripts/test starts kinesalite"
+        );
+        return None;
+    };
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_kinesis::config::Region::new("eu-west-1"))
+        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .build();
+    let client = aws_sdk_kinesis::Client::from_conf(conf);
+    let stream = format!("tally-events-{test}-{}", std::process::id());
+    client
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("stream created");
+    for _ in 0..100 {
+        let d = client
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await
+            .unwrap();
+        if d.stream_description_summary()
+            .map(|s| s.stream_status().as_str())
+            == Some("ACTIVE")
+        {
+            return Some((client, stream));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("stream {stream} never became ACTIVE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_published_to_kinesis_arrive_whole_with_each_key_on_one_shard_in_order() {
+    use tally::adapters::aws::kinesis::KinesisPublisher;
+    use tally::ports::{EventPublisher, OutRecord};
+    let Some((client, stream)) = kinesis("publish", 3).await else {
+        return;
+    };
+    let publisher = KinesisPublisher::new(client.clone(), &stream);
+    // 1,200 records: more than one PutRecords call; 4 partition keys.
+    let records: Vec<OutRecord> = (0..1_200u32)
+        .map(|i| OutRecord {
+            partition_key: format!("b{:04x}", i % 4),
+            data: i.to_be_bytes().to_vec(),
+        })
+        .collect();
+    publisher.publish(records).await.unwrap();
+    let shards = client
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+    let mut seen: std::collections::HashMap<String, (String, Vec<u32>)> = Default::default();
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(&stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(it) = iterator.take() {
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .limit(1_000)
+                .send()
+                .await
+                .unwrap();
+            for r in out.records() {
+                let value = u32::from_be_bytes(r.data().as_ref().try_into().unwrap());
+                let entry = seen
+                    .entry(r.partition_key().to_owned())
+                    .or_insert_with(|| (shard.shard_id().to_owned(), Vec::new()));
+                assert_eq!(entry.0, shard.shard_id(), "a partition key spans shards");
+                entry.1.push(value);
+            }
+            if !out.records().is_empty() {
+                iterator = out.next_shard_iterator().map(str::to_owned);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    for (key, (_, values)) in &seen {
+        let want: Vec<u32> = (0..1_200u32)
+            .filter(|i| format!("b{:04x}", i % 4) == *key)
+            .collect();
+        assert_eq!(values, &want, "{key}: lost, duplicated or reordered");
+    }
+}

@@ -4,6 +4,7 @@
 //! Tested against DynamoDB Local (AWS's own emulator) started by `scripts/emulators up`.
 
 pub mod dynamodb;
+pub mod kinesis;
 
 use aws_config::BehaviorVersion;
 
