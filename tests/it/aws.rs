@@ -430,3 +430,143 @@ async fn records_published_to_kinesis_arrive_whole_with_each_key_on_one_shard_in
         assert_eq!(values, &want, "{key}: lost, duplicated or reordered");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_to_dynamodb_to_kinesis_to_the_projector_and_back_with_a_poison_record_and_a_split_shard()
+ {
+    use tally::adapters::aws::kinesis::KinesisPublisher;
+    use tally::adapters::aws::poller::spawn_poller;
+    use tally::http::{Api, router};
+    use tally::ports::{EventPublisher, OutRecord};
+    use tally::service::query::QueryService;
+    let Some(store) = store("flow").await else {
+        return;
+    };
+    let Some((kinesis, stream)) = kinesis("flow", 1).await else {
+        return;
+    };
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        1_000,
+        metrics.clone(),
+    ));
+    let poller = spawn_poller(
+        kinesis.clone(),
+        stream.clone(),
+        projector,
+        Mapping::default(),
+    );
+    let publisher = KinesisPublisher::new(kinesis.clone(), &stream);
+    let commands = CommandService::new(
+        store.clone(),
+        publisher.clone(),
+        Policy::default(),
+        64,
+        Arc::new(at),
+    )
+    .with_metrics(metrics.clone());
+    let api = Arc::new(Api {
+        commands,
+        query: QueryService::new(store.clone(), store.clone()),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(api)).await });
+    let post = |path: &'static str, body: serde_json::Value| async move {
+        crate::http::send(
+            addr,
+            "POST",
+            path,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+        .await
+    };
+
+    // A poison record first: quarantined, and the shard goes on.
+    publisher
+        .publish(vec![OutRecord {
+            partition_key: "b0000".into(),
+            data: b"not a tally record, not at all".to_vec(),
+        }])
+        .await
+        .unwrap();
+    let r = post(
+        "/v1/accounts/flo/deposits",
+        serde_json::json!({"txn_id": "f1", "amount": 1000, "occurred_at": "2026-11-01T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post(
+        "/v1/accounts/flo/withdrawals",
+        serde_json::json!({"txn_id": "f2", "amount": 300, "occurred_at": "2026-11-02T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // Reshard while events flow: the child shards are read only after the parent is drained.
+    let shard = kinesis
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap()
+        .shards()[0]
+        .shard_id()
+        .to_owned();
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&shard)
+        .new_starting_hash_key((u128::MAX / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    for i in 3..=8 {
+        let body = serde_json::json!({"txn_id": format!("f{i}"), "amount": 10 * i, "occurred_at": "2026-11-03T09:00:00Z"});
+        assert_eq!(post("/v1/accounts/flo/deposits", body).await.status, 201);
+    }
+    let r = post("/v1/accounts/flo/reversals", serde_json::json!({"txn_id": "f9", "reverses": "f2", "occurred_at": "2026-11-04T09:00:00Z"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = crate::http::send(
+        addr,
+        "POST",
+        "/v1/transactions",
+        "text/csv",
+        include_str!("../../examples/transactions.csv").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["accepted"].as_u64(), Some(13));
+
+    poller.drain().await;
+    // Projected through Kinesis (the Balances item itself is current, not completed on read).
+    let flo = store.get("flo").await.unwrap().unwrap();
+    assert_eq!(
+        (flo.version, flo.balance),
+        (
+            9,
+            Money(1000 - 300 + (3..=8).map(|i| 10 * i).sum::<i64>() + 300)
+        )
+    );
+    assert_eq!(
+        store.get("alice").await.unwrap().unwrap().balance,
+        Money(270_000)
+    );
+    let q = store.quarantined().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].data, b"not a tally record, not at all");
+    assert_eq!(
+        metrics
+            .gaps_filled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "parents drained before children: no gap"
+    );
+    let report = audit::verify(&store, &store).await.unwrap();
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+    poller.stop().await;
+}

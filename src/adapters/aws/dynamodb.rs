@@ -693,6 +693,33 @@ impl SnapshotStore for DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Every quarantined record (tooling and tests; a scan).
+    pub async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.config.quarantine_table)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(out
+            .items()
+            .iter()
+            .map(|i| Quarantined {
+                shard: get_s(i, "pk").unwrap_or_default().to_owned(),
+                sequence_number: get_s(i, "sk").unwrap_or_default().to_owned(),
+                data: match i.get("data") {
+                    Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+                    _ => Vec::new(),
+                },
+                error: get_s(i, "error").unwrap_or_default().to_owned(),
+            })
+            .collect())
+    }
+}
+
 impl Quarantine for DynamoStore {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         self.client

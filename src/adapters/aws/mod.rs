@@ -5,6 +5,7 @@
 
 pub mod dynamodb;
 pub mod kinesis;
+pub mod poller;
 
 use aws_config::BehaviorVersion;
 
