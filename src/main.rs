@@ -48,6 +48,13 @@ enum Cmd {
     Serve {
         #[arg(long, default_value = "127.0.0.1:3000", env = "TALLY_ADDR")]
         addr: String,
+        /// `embedded` (local redb file) or `aws` (DynamoDB + Kinesis named by TALLY_* variables;
+        /// AWS_ENDPOINT_URL_DYNAMODB / _KINESIS point at emulators).
+        #[arg(long, default_value = "embedded", value_parser = ["embedded", "aws"])]
+        backend: String,
+        /// With `--backend aws`: create the tables and the stream if missing (emulators).
+        #[arg(long)]
+        create_resources: bool,
     },
     /// Book every row of a CSV or NDJSON file; print a summary and the resulting balances.
     Ingest {
@@ -138,7 +145,14 @@ async fn start(dir: &Path) -> Result<Embedded, String> {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Cmd::Serve { addr } => serve(&cli.data_dir, &addr).await,
+        Cmd::Serve {
+            addr,
+            backend,
+            create_resources,
+        } => match backend.as_str() {
+            "aws" => serve_aws(&addr, create_resources).await,
+            _ => serve(&cli.data_dir, &addr).await,
+        },
         Cmd::Ingest {
             file,
             rejects,
@@ -310,6 +324,74 @@ async fn serve(data_dir: &Path, addr: &str) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     app.shutdown().await;
+    eprintln!("tally stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_aws(addr: &str, create_resources: bool) -> Result<ExitCode, String> {
+    use std::sync::Arc;
+    use tally::adapters::aws::dynamodb::DynamoStore;
+    use tally::adapters::aws::kinesis::KinesisPublisher;
+    use tally::adapters::aws::poller::spawn_poller;
+    use tally::adapters::aws::{AwsConfig, create_stream, sdk_config};
+    use tally::adapters::embedded::stream::Mapping;
+    use tally::service::command::{CommandService, system_clock};
+    use tally::service::metrics::Metrics;
+    use tally::service::projector::{CACHE_ENTRIES_DEFAULT, Projector};
+    use tally::service::query::QueryService;
+
+    let config = AwsConfig::from_env()?;
+    let stream =
+        std::env::var("TALLY_STREAM").map_err(|_| "TALLY_STREAM is not set".to_string())?;
+    let sdk = sdk_config().await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config);
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    if create_resources {
+        store
+            .create_tables()
+            .await
+            .map_err(|e| format!("creating tables: {e}"))?;
+        create_stream(&kinesis, &stream, 2).await?;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        CACHE_ENTRIES_DEFAULT,
+        metrics.clone(),
+    ));
+    let poller = spawn_poller(
+        kinesis.clone(),
+        stream.clone(),
+        projector,
+        Mapping::default(),
+    );
+    let commands = CommandService::new(
+        store.clone(),
+        KinesisPublisher::new(kinesis, &stream),
+        tally::domain::Policy::default(),
+        tally::domain::limits::BUCKETS_DEFAULT,
+        system_clock(),
+    )
+    .with_metrics(metrics.clone());
+    let api = Arc::new(tally::http::Api {
+        commands,
+        query: QueryService::new(store.clone(), store),
+        metrics,
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--addr {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("tally serving http://{local} (backend aws, stream {stream}); Ctrl-C stops");
+    axum::serve(listener, tally::http::router(api))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    poller.stop().await;
     eprintln!("tally stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -359,8 +359,12 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 }
             }
         }
-        if let Err(e) = self.publisher.publish(records).await {
-            tracing::warn!(error = %e, "publish failed after retries; catch-up will project the events");
+        let n = records.len() as u64;
+        match self.publisher.publish(records).await {
+            Ok(()) => Metrics::add(&self.metrics.records_published, n),
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed after retries; catch-up will project the events")
+            }
         }
     }
 }

@@ -45,3 +45,42 @@ impl AwsConfig {
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
+
+/// Creates the stream if it does not exist and waits until it is ACTIVE: for emulators;
+/// in AWS the SAM template owns it.
+pub async fn create_stream(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+    shards: i32,
+) -> Result<(), String> {
+    use aws_sdk_kinesis::error::ProvideErrorMetadata;
+    match client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                == Some("ResourceInUseException") => {}
+        Err(e) => return Err(format!("CreateStream {name}: {e:?}")),
+    }
+    for _ in 0..300 {
+        let d = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        if d.stream_description_summary()
+            .map(|s| s.stream_status().as_str())
+            == Some("ACTIVE")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(format!("stream {name} did not become ACTIVE"))
+}

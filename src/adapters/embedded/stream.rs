@@ -83,7 +83,6 @@ impl EventPublisher for Arc<EmbeddedStream> {
             }
             shard.notify.notify_one();
         }
-        Metrics::add(&self.metrics.records_published, n);
         Metrics::add(&self.metrics.projection_lag_records, n);
         Ok(())
     }
