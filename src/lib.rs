@@ -4,12 +4,21 @@
 //!
 //! # Layout
 //! - [`domain`]: pure business logic — ids, money, time, commands and `decide`, events,
-//!   snapshots and `apply`, limits. No I/O, no async, no clock.
+//!   pages, snapshots and `apply`, limits. No I/O, no async, no clock.
 //! - [`codec`]: bytes ⇄ domain — the versioned, checksummed rkyv record envelope and its
-//!   aggregation, the stored page format, the account → partition key function, the bulk
-//!   CSV/NDJSON row format, and the lean reader of Lambda's Kinesis event JSON.
-//! - [`service`]: orchestration. Today the pure batch fold of the projector, which turns a
-//!   Kinesis batch into one snapshot write per touched account.
+//!   aggregation, stored pages, small stored values, the account → partition key function,
+//!   the bulk CSV/NDJSON rows, RFC 3339 time, the JSON views, and the lean reader of
+//!   Lambda's Kinesis event JSON.
+//! - [`ports`]: the traits services depend on (`EventStore`, `SnapshotStore`,
+//!   `EventPublisher`, `Quarantine`) and their typed errors.
+//! - [`service`]: the orchestrators — `command` (decide + conditional append + publish),
+//!   `projector` (pure fold in `projector::fold`, I/O around it), `query`, `ingest`,
+//!   `audit` (verify, replay), `metrics`.
+//! - [`adapters`]: `embedded` (redb store, in-process stream and event source mapping) and
+//!   `aws` (DynamoDB store, Kinesis publisher, Kinesis poller).
+//! - [`http`]: the axum router of the HTTP API.
+//! - [`app`]: the embedded composition root used by the CLI and tests.
+//! - [`workload`]: the reproducible workload generator behind `tally gen`.
 
 pub mod adapters;
 pub mod app;
