@@ -18,6 +18,7 @@
 //!   `aws` (DynamoDB store, Kinesis publisher, Kinesis poller).
 //! - [`http`]: the axum router of the HTTP API.
 //! - [`app`]: the embedded composition root used by the CLI and tests.
+//! - [`lambda`]: the AWS wiring shared by the Lambda entry points in `src/bin/`.
 //! - [`workload`]: the reproducible workload generator behind `tally gen`.
 
 pub mod adapters;
@@ -25,6 +26,7 @@ pub mod app;
 pub mod codec;
 pub mod domain;
 pub mod http;
+pub mod lambda;
 pub mod ports;
 pub mod service;
 pub mod workload;

@@ -1,0 +1,9 @@
+//! The `query` Lambda: the HTTP API router served through lambda_http (API Gateway HTTP API).
+//! API Gateway routes the GET routes here; IAM gives this function only what they need.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tally::lambda::init_tracing();
+    let app = tally::lambda::AwsApp::from_env().await?;
+    lambda_http::run(app.router()).await
+}
