@@ -99,3 +99,74 @@ impl Metrics {
         out
     }
 }
+
+impl Metrics {
+    /// The counters CloudWatch alarms and dashboards use, by their EMF names.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("EventsProjected", get(&self.events_projected)),
+            ("DuplicatesSkipped", get(&self.duplicates_skipped)),
+            ("GapsFilled", get(&self.gaps_filled)),
+            ("SnapshotConflicts", get(&self.snapshot_conflicts)),
+            ("RecordsQuarantined", get(&self.records_quarantined)),
+            ("AccountsFailed", get(&self.accounts_failed)),
+        ]
+    }
+
+    /// One CloudWatch Embedded Metric Format line with the change of every counter since
+    /// `before` (namespace `Tally`, dimension `Function`).
+    pub fn emf(
+        &self,
+        function: &str,
+        before: &[(&'static str, u64); 6],
+        timestamp_ms: i64,
+    ) -> String {
+        let now = self.counters();
+        let names: Vec<serde_json::Value> = now
+            .iter()
+            .map(|(n, _)| serde_json::json!({ "Name": n, "Unit": "Count" }))
+            .collect();
+        let mut line = serde_json::json!({
+            "_aws": {
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{ "Namespace": "Tally", "Dimensions": [["Function"]], "Metrics": names }],
+            },
+            "Function": function,
+        });
+        for ((name, after), (_, prior)) in now.iter().zip(before) {
+            line[*name] = serde_json::json!(after.saturating_sub(*prior));
+        }
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_reports_the_change_since_the_last_line_in_cloudwatch_shape() {
+        let m = Metrics::default();
+        Metrics::add(&m.records_quarantined, 2);
+        let before = m.counters();
+        Metrics::add(&m.records_quarantined, 1);
+        Metrics::add(&m.events_projected, 40);
+        let v: serde_json::Value = serde_json::from_str(&m.emf("projector", &before, 7)).unwrap();
+        assert_eq!(
+            (
+                v["RecordsQuarantined"].as_u64(),
+                v["EventsProjected"].as_u64()
+            ),
+            (Some(1), Some(40))
+        );
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Tally");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .map(Vec::len),
+            Some(6)
+        );
+        assert!(m.render().contains("tally_records_quarantined_total 3"));
+    }
+}
