@@ -7,6 +7,7 @@ mod codec_robustness;
 mod crash;
 mod harness;
 mod http;
+mod lambda;
 mod matrix;
 mod pipeline;
 mod projector;
