@@ -135,3 +135,30 @@ impl Arena {
         self.spans.is_empty()
     }
 }
+
+/// One record of a `KinesisEvent` as Lambda's event source mapping builds it; shared by the
+/// embedded stream and the Kinesis poller so both hand the projector the same shape.
+pub fn lambda_record(
+    stream: &str,
+    shard_id: &str,
+    sequence_number: &str,
+    partition_key: &str,
+    data: &[u8],
+) -> aws_lambda_events::event::kinesis::KinesisEventRecord {
+    use aws_lambda_events::event::kinesis::{KinesisEventRecord, KinesisRecord};
+    let mut kinesis = KinesisRecord::default();
+    kinesis.partition_key = partition_key.to_owned();
+    kinesis.sequence_number = sequence_number.to_owned();
+    kinesis.kinesis_schema_version = Some("1.0".into());
+    *kinesis.data = data.to_vec();
+    let mut record = KinesisEventRecord::default();
+    record.event_id = Some(format!("{shard_id}:{sequence_number}"));
+    record.event_name = Some("aws:kinesis:record".into());
+    record.event_source = Some("aws:kinesis".into());
+    record.event_source_arn = Some(format!(
+        "arn:aws:kinesis:local:000000000000:stream/{stream}"
+    ));
+    record.event_version = Some("1.0".into());
+    record.kinesis = kinesis;
+    record
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord, KinesisRecord};
+use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::ShardIteratorType;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::embedded::stream::Mapping;
+use crate::codec::kinesis::lambda_record;
 use crate::ports::{EventStore, Quarantine, SnapshotStore};
 use crate::service::projector::Projector;
 
@@ -277,21 +278,13 @@ fn lambda_event(
     event.records = records
         .iter()
         .map(|r| {
-            let mut kinesis = KinesisRecord::default();
-            kinesis.partition_key = r.partition_key().to_owned();
-            kinesis.sequence_number = r.sequence_number().to_owned();
-            kinesis.kinesis_schema_version = Some("1.0".into());
-            *kinesis.data = r.data().as_ref().to_vec();
-            let mut record = KinesisEventRecord::default();
-            record.event_id = Some(format!("{shard_id}:{}", r.sequence_number()));
-            record.event_name = Some("aws:kinesis:record".into());
-            record.event_source = Some("aws:kinesis".into());
-            record.event_source_arn = Some(format!(
-                "arn:aws:kinesis:local:000000000000:stream/{stream}"
-            ));
-            record.event_version = Some("1.0".into());
-            record.kinesis = kinesis;
-            record
+            lambda_record(
+                stream,
+                shard_id,
+                r.sequence_number(),
+                r.partition_key(),
+                r.data().as_ref(),
+            )
         })
         .collect();
     event

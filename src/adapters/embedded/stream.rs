@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord, KinesisRecord};
+use aws_lambda_events::event::kinesis::KinesisEvent;
+
+use crate::codec::kinesis::lambda_record;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -230,19 +232,13 @@ fn batch_event(shard: &Shard, batch_size: usize) -> KinesisEvent {
         .iter()
         .take(batch_size)
         .map(|r| {
-            let seq = format!("{:056}", r.seq);
-            let mut kinesis = KinesisRecord::default();
-            kinesis.partition_key = r.partition_key.clone();
-            kinesis.sequence_number = seq.clone();
-            kinesis.kinesis_schema_version = Some("1.0".into());
-            *kinesis.data = r.data.clone();
-            let mut record = KinesisEventRecord::default();
-            record.event_id = Some(format!("{}:{seq}", shard.id));
-            record.event_name = Some("aws:kinesis:record".into());
-            record.event_source = Some("aws:kinesis".into());
-            record.event_version = Some("1.0".into());
-            record.kinesis = kinesis;
-            record
+            lambda_record(
+                "embedded",
+                &shard.id,
+                &format!("{:056}", r.seq),
+                &r.partition_key,
+                &r.data,
+            )
         })
         .collect();
     event
