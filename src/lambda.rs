@@ -32,6 +32,8 @@ pub fn init_tracing() {
 pub struct AwsApp {
     pub store: DynamoStore,
     pub publisher: KinesisPublisher,
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub stream: String,
     pub metrics: Arc<Metrics>,
 }
 
@@ -42,9 +44,12 @@ impl AwsApp {
         let stream =
             std::env::var("TALLY_STREAM").map_err(|_| "TALLY_STREAM is not set".to_string())?;
         let sdk = sdk_config().await;
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
         Ok(AwsApp {
             store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config),
-            publisher: KinesisPublisher::new(aws_sdk_kinesis::Client::new(&sdk), stream),
+            publisher: KinesisPublisher::new(kinesis.clone(), stream.clone()),
+            kinesis,
+            stream,
             metrics: Arc::new(Metrics::default()),
         })
     }

@@ -330,62 +330,34 @@ async fn serve(data_dir: &Path, addr: &str) -> Result<ExitCode, String> {
 
 async fn serve_aws(addr: &str, create_resources: bool) -> Result<ExitCode, String> {
     use std::sync::Arc;
-    use tally::adapters::aws::dynamodb::DynamoStore;
-    use tally::adapters::aws::kinesis::KinesisPublisher;
+    use tally::adapters::aws::create_stream;
     use tally::adapters::aws::poller::spawn_poller;
-    use tally::adapters::aws::{AwsConfig, create_stream, sdk_config};
     use tally::adapters::embedded::stream::Mapping;
-    use tally::service::command::{CommandService, system_clock};
-    use tally::service::metrics::Metrics;
-    use tally::service::projector::{CACHE_ENTRIES_DEFAULT, Projector};
-    use tally::service::query::QueryService;
 
-    let config = AwsConfig::from_env()?;
-    let stream =
-        std::env::var("TALLY_STREAM").map_err(|_| "TALLY_STREAM is not set".to_string())?;
-    let sdk = sdk_config().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config);
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    // The same wiring the Lambda functions use, plus a poller playing the event source mapping.
+    let app = tally::lambda::AwsApp::from_env().await?;
     if create_resources {
-        store
+        app.store
             .create_tables()
             .await
             .map_err(|e| format!("creating tables: {e}"))?;
-        create_stream(&kinesis, &stream, 2).await?;
+        create_stream(&app.kinesis, &app.stream, 2).await?;
     }
-    let metrics = Arc::new(Metrics::default());
-    let projector = Arc::new(Projector::new(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        CACHE_ENTRIES_DEFAULT,
-        metrics.clone(),
-    ));
     let poller = spawn_poller(
-        kinesis.clone(),
-        stream.clone(),
-        projector,
+        app.kinesis.clone(),
+        app.stream.clone(),
+        Arc::new(app.projector()),
         Mapping::default(),
     );
-    let commands = CommandService::new(
-        store.clone(),
-        KinesisPublisher::new(kinesis, &stream),
-        tally::domain::Policy::default(),
-        tally::domain::limits::BUCKETS_DEFAULT,
-        system_clock(),
-    )
-    .with_metrics(metrics.clone());
-    let api = Arc::new(tally::http::Api {
-        commands,
-        query: QueryService::new(store.clone(), store),
-        metrics,
-    });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("--addr {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    eprintln!("tally serving http://{local} (backend aws, stream {stream}); Ctrl-C stops");
-    axum::serve(listener, tally::http::router(api))
+    eprintln!(
+        "tally serving http://{local} (backend aws, stream {}); Ctrl-C stops",
+        app.stream
+    );
+    axum::serve(listener, app.router())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

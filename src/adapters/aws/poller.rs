@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::adapters::embedded::stream::Mapping;
 use crate::codec::kinesis::lambda_record;
 use crate::ports::{EventStore, Quarantine, SnapshotStore};
-use crate::service::projector::Projector;
+use crate::service::projector::{Projector, lowest_failure};
 
 /// Where to (re)start reading a shard.
 #[derive(Debug, Clone)]
@@ -241,12 +241,7 @@ async fn poll_shard<E: EventStore, S: SnapshotStore, Q: Quarantine>(
     let response = projector
         .handle(lambda_event(stream, shard_id, out.records()))
         .await;
-    let lowest = response
-        .batch_item_failures
-        .iter()
-        .filter_map(|f| f.item_identifier.as_deref())
-        .filter_map(|seq| seqs.iter().position(|s| s == seq))
-        .min();
+    let lowest = lowest_failure(&response, &seqs);
     match lowest {
         None => {
             state.retries = 0;

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::codec::bucket::{hash_key, shard_of};
 use crate::ports::{EventPublisher, EventStore, OutRecord, Quarantine, SnapshotStore, StoreError};
 use crate::service::metrics::Metrics;
-use crate::service::projector::Projector;
+use crate::service::projector::{Projector, lowest_failure};
 
 struct StreamRecord {
     seq: u64,
@@ -190,12 +190,7 @@ async fn consume<E: EventStore, S: SnapshotStore, Q: Quarantine>(
             .map(|r| r.kinesis.sequence_number.clone())
             .collect();
         let response = projector.handle(event).await;
-        let lowest = response
-            .batch_item_failures
-            .iter()
-            .filter_map(|f| f.item_identifier.as_deref())
-            .filter_map(|seq| seqs.iter().position(|s| s == seq))
-            .min();
+        let lowest = lowest_failure(&response, &seqs);
         let done = match lowest {
             None => {
                 retries = 0;

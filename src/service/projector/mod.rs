@@ -355,6 +355,20 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
     }
 }
 
+/// Index in `sequence_numbers` of the lowest record a response reports failed: where an
+/// event source mapping resumes, as Lambda does.
+pub fn lowest_failure(
+    response: &KinesisEventResponse,
+    sequence_numbers: &[String],
+) -> Option<usize> {
+    response
+        .batch_item_failures
+        .iter()
+        .filter_map(|f| f.item_identifier.as_deref())
+        .filter_map(|seq| sequence_numbers.iter().position(|s| s == seq))
+        .min()
+}
+
 /// What a catch-up did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CatchUp {
