@@ -45,12 +45,14 @@ impl AwsApp {
             std::env::var("TALLY_STREAM").map_err(|_| "TALLY_STREAM is not set".to_string())?;
         let sdk = sdk_config().await;
         let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let metrics = Arc::new(Metrics::default());
         Ok(AwsApp {
-            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config),
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config)
+                .with_metrics(metrics.clone()),
             publisher: KinesisPublisher::new(kinesis.clone(), stream.clone()),
             kinesis,
             stream,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         })
     }
 

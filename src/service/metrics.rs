@@ -17,6 +17,21 @@ pub struct Metrics {
     pub accounts_failed: AtomicU64,
     /// Records published but not yet projected (embedded stream only).
     pub projection_lag_records: AtomicU64,
+    /// Conditional snapshot writes that succeeded (the projector's floor is one per
+    /// account per batch).
+    pub snapshots_written: AtomicU64,
+    /// DynamoDB capacity consumed, in thousandths of a unit (`ReturnConsumedCapacity`).
+    pub read_capacity_milli: AtomicU64,
+    pub write_capacity_milli: AtomicU64,
+}
+
+/// Thousandths of a capacity unit, as the counters keep them.
+pub fn milli_units(units: f64) -> u64 {
+    if units.is_finite() && units > 0.0 {
+        (units * 1000.0).round() as u64
+    } else {
+        0
+    }
 }
 
 impl Metrics {
@@ -26,7 +41,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64, &str); 10] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 11] = [
             (
                 "tally_events_appended_total",
                 "counter",
@@ -82,6 +97,12 @@ impl Metrics {
                 "Accounts reported as batch item failures.",
             ),
             (
+                "tally_snapshots_written_total",
+                "counter",
+                &self.snapshots_written,
+                "Conditional snapshot writes made.",
+            ),
+            (
                 "tally_projection_lag_records",
                 "gauge",
                 &self.projection_lag_records,
@@ -96,32 +117,54 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        for (name, value, help) in [
+            (
+                "tally_dynamodb_read_capacity_units_total",
+                &self.read_capacity_milli,
+                "DynamoDB read capacity units consumed.",
+            ),
+            (
+                "tally_dynamodb_write_capacity_units_total",
+                &self.write_capacity_milli,
+                "DynamoDB write capacity units consumed.",
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed) as f64 / 1000.0
+            );
+        }
         out
     }
 }
 
+/// The EMF counters by name (capacity in units, the rest counts).
+pub type Counters = [(&'static str, f64); 9];
+
 impl Metrics {
     /// The counters CloudWatch alarms and dashboards use, by their EMF names.
-    pub fn counters(&self) -> [(&'static str, u64); 6] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    pub fn counters(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         [
             ("EventsProjected", get(&self.events_projected)),
             ("DuplicatesSkipped", get(&self.duplicates_skipped)),
             ("GapsFilled", get(&self.gaps_filled)),
             ("SnapshotConflicts", get(&self.snapshot_conflicts)),
+            ("SnapshotsWritten", get(&self.snapshots_written)),
             ("RecordsQuarantined", get(&self.records_quarantined)),
             ("AccountsFailed", get(&self.accounts_failed)),
+            ("ReadCapacityUnits", get(&self.read_capacity_milli) / 1000.0),
+            (
+                "WriteCapacityUnits",
+                get(&self.write_capacity_milli) / 1000.0,
+            ),
         ]
     }
 
     /// One CloudWatch Embedded Metric Format line with the change of every counter since
     /// `before` (namespace `Tally`, dimension `Function`).
-    pub fn emf(
-        &self,
-        function: &str,
-        before: &[(&'static str, u64); 6],
-        timestamp_ms: i64,
-    ) -> String {
+    pub fn emf(&self, function: &str, before: &Counters, timestamp_ms: i64) -> String {
         let now = self.counters();
         let names: Vec<serde_json::Value> = now
             .iter()
@@ -135,7 +178,7 @@ impl Metrics {
             "Function": function,
         });
         for ((name, after), (_, prior)) in now.iter().zip(before) {
-            line[*name] = serde_json::json!(after.saturating_sub(*prior));
+            line[*name] = serde_json::json!((after - prior).max(0.0));
         }
         line.to_string()
     }
@@ -155,18 +198,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&m.emf("projector", &before, 7)).unwrap();
         assert_eq!(
             (
-                v["RecordsQuarantined"].as_u64(),
-                v["EventsProjected"].as_u64()
+                v["RecordsQuarantined"].as_f64(),
+                v["EventsProjected"].as_f64()
             ),
-            (Some(1), Some(40))
+            (Some(1.0), Some(40.0))
         );
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Tally");
         assert_eq!(
             v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
                 .as_array()
                 .map(Vec::len),
-            Some(6)
+            Some(9)
         );
         assert!(m.render().contains("tally_records_quarantined_total 3"));
+        Metrics::add(&m.write_capacity_milli, milli_units(2.5));
+        assert!(
+            m.render()
+                .contains("tally_dynamodb_write_capacity_units_total 2.5")
+        );
     }
 }

@@ -12,19 +12,27 @@
 //!   per account per batch with `ReturnValuesOnConditionCheckFailure=ALL_OLD`.
 //! - Quarantine table, `pk` = shard, `sk` = sequence number, `data`, `error`.
 //!
+//! Every call asks for `ReturnConsumedCapacity=TOTAL` and adds the units to the shared
+//! [`Metrics`] (what the cost table in BENCHMARKS.md is measured with, and what CloudWatch
+//! sees per invocation). Appends of different accounts, and snapshot writes, run
+//! concurrently (at most [`CONCURRENCY_MAX`] in flight); one account's pages go in order.
+//!
 //! Every SDK error becomes a port error here: conditional failures become `Conflict` /
 //! `DuplicateTxn` / `TargetReversed` (read from `CancellationReasons`), throttling becomes
 //! `Throttled`, the rest `Unavailable`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
+    KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TransactWriteItem, Update,
 };
+use futures_util::stream::{self, StreamExt};
 
 use super::AwsConfig;
 use crate::codec::time::parse_rfc3339;
@@ -37,17 +45,28 @@ use crate::ports::{
     Append, AppendError, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
     SnapshotStore, StoreError, StoredTxn,
 };
+use crate::service::metrics::{Metrics, milli_units};
 
 /// Keys per `BatchGetItem` call (the service's limit).
 const BATCH_GET_KEYS_MAX: usize = 100;
 /// Rounds of retrying `UnprocessedKeys` before giving up as throttled.
 const UNPROCESSED_RETRIES_MAX: u32 = 8;
+/// Requests one store call keeps in flight (accounts appended, snapshots written).
+pub const CONCURRENCY_MAX: usize = 16;
 
-/// The DynamoDB adapter; cheap to clone (the client is shared).
+/// The DynamoDB adapter; cheap to clone (the client and the metrics are shared).
 #[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     config: AwsConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// Which counter a call's consumed capacity goes to.
+#[derive(Clone, Copy)]
+enum Units {
+    Read,
+    Write,
 }
 
 fn page_sk(first_version: u64) -> String {
@@ -142,7 +161,33 @@ fn marker_of(item: &HashMap<String, AttributeValue>) -> Result<StoredTxn, StoreE
 
 impl DynamoStore {
     pub fn new(client: Client, config: AwsConfig) -> DynamoStore {
-        DynamoStore { client, config }
+        DynamoStore {
+            client,
+            config,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Counts consumed capacity into shared metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> DynamoStore {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn charge<'a>(&self, units: Units, consumed: impl IntoIterator<Item = &'a ConsumedCapacity>) {
+        let total: f64 = consumed
+            .into_iter()
+            .filter_map(ConsumedCapacity::capacity_units)
+            .sum();
+        let counter = match units {
+            Units::Read => &self.metrics.read_capacity_milli,
+            Units::Write => &self.metrics.write_capacity_milli,
+        };
+        Metrics::add(counter, milli_units(total));
     }
 
     /// Creates the three tables (on-demand) if they do not exist: for emulators and tests;
@@ -210,9 +255,11 @@ impl DynamoStore {
             .scan_index_forward(false)
             .limit(1)
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
         match out.items().first() {
             Some(item) => Ok(AccountState {
                 version: get_n(item, "last")?,
@@ -274,9 +321,11 @@ impl DynamoStore {
                 .client
                 .batch_get_item()
                 .request_items(table, request)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| store_error(&e))?;
+            self.charge(Units::Read, out.consumed_capacity());
             if let Some(found) = out.responses().and_then(|r| r.get(table)) {
                 items.extend(found.iter().cloned());
             }
@@ -376,9 +425,16 @@ impl DynamoStore {
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        let Err(e) = result else { return Ok(()) };
+        let e = match result {
+            Ok(out) => {
+                self.charge(Units::Write, out.consumed_capacity());
+                return Ok(());
+            }
+            Err(e) => e,
+        };
         let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
             cancel,
         )) = e.as_service_error()
@@ -425,9 +481,11 @@ impl DynamoStore {
                 .expression_attribute_values(":b", s(to_sk.clone()))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| store_error(&e))?;
+            self.charge(Units::Read, out.consumed_capacity());
             for item in out.items() {
                 match item.get("page") {
                     Some(AttributeValue::B(b)) => {
@@ -475,23 +533,51 @@ impl EventStore for DynamoStore {
     }
 
     async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
-        // Pages of one account go in order; once one fails, its later pages cannot succeed.
-        let mut out = Vec::with_capacity(appends.len());
-        let mut failed: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for append in &appends {
-            if failed.contains(append.account.as_str()) {
-                out.push(Err(AppendError::Conflict {
-                    current: append.expected_version,
-                }));
-                continue;
-            }
-            let result = self.append_one(append).await;
-            if result.is_err() {
-                failed.insert(append.account.as_str());
-            }
-            out.push(result);
+        // Accounts in parallel; one account's pages in order, and once one fails its later
+        // pages cannot succeed.
+        let mut by_account: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for (i, a) in appends.iter().enumerate() {
+            by_account
+                .entry(a.account.as_str())
+                .or_insert_with(|| {
+                    order.push(a.account.as_str());
+                    Vec::new()
+                })
+                .push(i);
         }
-        out
+        let groups: Vec<Vec<usize>> = order
+            .into_iter()
+            .map(|a| by_account.remove(a).unwrap_or_default())
+            .collect();
+        let appends = &appends;
+        let results: Vec<Vec<(usize, Result<(), AppendError>)>> = stream::iter(groups)
+            .map(|indexes: Vec<usize>| async move {
+                let mut out = Vec::with_capacity(indexes.len());
+                let mut failed = false;
+                for i in indexes {
+                    let result = if failed {
+                        Err(AppendError::Conflict {
+                            current: appends[i].expected_version,
+                        })
+                    } else {
+                        self.append_one(&appends[i]).await
+                    };
+                    failed |= result.is_err();
+                    out.push((i, result));
+                }
+                out
+            })
+            .buffer_unordered(CONCURRENCY_MAX)
+            .collect()
+            .await;
+        let mut out: Vec<Option<Result<(), AppendError>>> = vec![None; appends.len()];
+        for (i, result) in results.into_iter().flatten() {
+            out[i] = Some(result);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every append has a result"))
+            .collect()
     }
 
     async fn read(
@@ -512,9 +598,11 @@ impl EventStore for DynamoStore {
             .scan_index_forward(false)
             .limit(1)
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
         let start = out
             .items()
             .first()
@@ -548,9 +636,11 @@ impl EventStore for DynamoStore {
                 .expression_attribute_names("#l", "last")
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| store_error(&e))?;
+            self.charge(Units::Read, out.consumed_capacity());
             for item in out.items() {
                 let account = get_s(item, "pk")
                     .ok_or_else(|| corrupt("page without pk"))?
@@ -660,36 +750,48 @@ impl SnapshotStore for DynamoStore {
     }
 
     async fn put_many(&self, puts: Vec<SnapshotPut>) -> Vec<Result<(), SnapshotError>> {
-        let mut out = Vec::with_capacity(puts.len());
-        for put in &puts {
-            let mut req = self
-                .client
-                .put_item()
-                .table_name(&self.config.balances_table)
-                .set_item(Some(snapshot_item(&put.account, &put.snapshot)))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                );
-            req = if put.expected_version == 0 {
-                req.condition_expression("attribute_not_exists(pk)")
-            } else {
-                req.condition_expression("version = :v")
-                    .expression_attribute_values(":v", n(put.expected_version))
-            };
-            out.push(match req.send().await {
-                Ok(_) => Ok(()),
-                Err(e) => match e.as_service_error() {
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                        match c.item().map(snapshot_of).transpose() {
-                            Ok(current) => Err(SnapshotError::Conflict { current: current.map(Box::new) }),
-                            Err(err) => Err(SnapshotError::Store(err)),
-                        }
-                    }
-                    _ => Err(SnapshotError::Store(store_error(&e))),
+        let puts = &puts;
+        stream::iter(0..puts.len())
+            .map(|i| self.put_one(&puts[i]))
+            .buffered(CONCURRENCY_MAX)
+            .collect()
+            .await
+    }
+}
+
+impl DynamoStore {
+    /// One conditional snapshot write; a lost condition returns the stored item.
+    async fn put_one(&self, put: &SnapshotPut) -> Result<(), SnapshotError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.config.balances_table)
+            .set_item(Some(snapshot_item(&put.account, &put.snapshot)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        req = if put.expected_version == 0 {
+            req.condition_expression("attribute_not_exists(pk)")
+        } else {
+            req.condition_expression("version = :v")
+                .expression_attribute_values(":v", n(put.expected_version))
+        };
+        match req.send().await {
+            Ok(out) => {
+                self.charge(Units::Write, out.consumed_capacity());
+                Ok(())
+            }
+            Err(e) => match e.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c),
+                ) => match c.item().map(snapshot_of).transpose() {
+                    Ok(current) => Err(SnapshotError::Conflict {
+                        current: current.map(Box::new),
+                    }),
+                    Err(err) => Err(SnapshotError::Store(err)),
                 },
-            });
+                _ => Err(SnapshotError::Store(store_error(&e))),
+            },
         }
-        out
     }
 }
 
@@ -729,9 +831,10 @@ impl Quarantine for DynamoStore {
             .item("sk", s(record.sequence_number))
             .item("data", AttributeValue::B(Blob::new(record.data)))
             .item("error", s(record.error))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
-            .map(|_| ())
+            .map(|out| self.charge(Units::Write, out.consumed_capacity()))
             .map_err(|e| store_error(&e))
     }
 }
