@@ -83,9 +83,19 @@ impl ApiError {
     }
 }
 
+/// Seconds a client should wait before retrying a 503 (throttled or unavailable backend).
+pub const RETRY_AFTER_SECS: u32 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(&self)).into_response()
+        let mut response = (self.status, axum::Json(&self)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -96,7 +106,8 @@ impl From<StoreError> for ApiError {
             StoreError::Throttled => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "throttled",
-                "try again shortly",
+                "the backend is throttling requests; retry after a second (resubmitting the \
+                 same transaction ids is safe)",
                 None,
             ),
             StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::new(

@@ -29,7 +29,9 @@ pub enum CommandOutcome {
     Rejected(Rejection),
 }
 
-/// Why commands could not be processed at all (nothing was half-done).
+/// Why some commands have no outcome. Whatever was booked before the failure stays booked
+/// (and is published); resubmitting the same commands is safe, as a booked transaction id
+/// comes back as a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
@@ -47,12 +49,18 @@ pub struct AccountChunk {
 
 /// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, … capped at
 /// [`RETRY_DELAY_MS_MAX`].
-fn retry_delay(attempt: u32) -> std::time::Duration {
+pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
     let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(attempt);
     std::time::Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
+}
+
+/// Backend failures worth another attempt: a throttled or unreachable backend may answer
+/// the next call; corrupt data will not change.
+pub(crate) fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Throttled | StoreError::Unavailable(_))
 }
 
 /// A source of ledger time; injected so tests control it.
@@ -132,11 +140,31 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// Many accounts at once (each at most once), each chunk's commands in order, chunks
     /// of any length. Events go to the store in pages of at most [`PAGE_EVENTS_MAX`], all in
     /// one call; the store applies an account's pages in order. If an account's later page
-    /// loses a race, its earlier pages stand and the rest of its commands are reloaded and
-    /// decided again (bounded by [`APPEND_RETRIES_MAX`]).
+    /// loses a race, or the backend throttles it, its earlier pages stand and the rest of
+    /// its commands are reloaded and decided again with jittered backoff (bounded by
+    /// [`APPEND_RETRIES_MAX`]). Whatever was booked is published, even when this returns an
+    /// error; an error means some commands have no outcome, and resubmitting them is safe
+    /// (a booked transaction id comes back as a duplicate).
     pub async fn submit_chunks(
         &self,
         chunks: Vec<AccountChunk>,
+    ) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
+        let mut booked: Vec<Page> = Vec::new();
+        let result = self.book(&chunks, &mut booked).await;
+        Metrics::add(
+            &self.metrics.events_appended,
+            booked.iter().map(|p| p.events().len() as u64).sum(),
+        );
+        self.publish(&booked).await;
+        result
+    }
+
+    /// The decide/append/retry loop of [`Self::submit_chunks`]; fills `booked` with the
+    /// pages it stored.
+    async fn book(
+        &self,
+        chunks: &[AccountChunk],
+        booked: &mut Vec<Page>,
     ) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
         let mut done: Vec<Vec<CommandOutcome>> = chunks
             .iter()
@@ -145,26 +173,35 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         let mut pending: Vec<usize> = (0..chunks.len())
             .filter(|&i| !chunks[i].commands.is_empty())
             .collect();
-        let mut booked: Vec<Page> = Vec::new();
+        // Why the last retry was needed: what to report if the retries run out.
+        let mut last_failure = CommandError::Contended(APPEND_RETRIES_MAX);
         let mut attempts = 0;
         while !pending.is_empty() {
             if attempts > APPEND_RETRIES_MAX {
-                // What was booked stays booked; publish it before giving up on the rest.
-                self.publish(&booked).await;
-                return Err(CommandError::Contended(APPEND_RETRIES_MAX));
+                return Err(last_failure);
             }
             if attempts > 0 {
                 // Racers that retry at once collide again: back off with jitter.
                 tokio::time::sleep(retry_delay(attempts)).await;
             }
             attempts += 1;
+            let mut retry = Vec::new();
             let mut decided = Vec::with_capacity(pending.len());
             let mut appends = Vec::new();
             for &i in &pending {
                 let start = done[i].len();
-                let d = self
+                let d = match self
                     .decide_chunk(&chunks[i].account, &chunks[i].commands[start..])
-                    .await?;
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(CommandError::Store(e)) if transient(&e) => {
+                        last_failure = CommandError::Store(e);
+                        retry.push(i);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut expected_version = d.tip.version;
                 for page in d.events.chunks(PAGE_EVENTS_MAX) {
                     appends.push(Append {
@@ -174,11 +211,10 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     });
                     expected_version = page[page.len() - 1].version;
                 }
-                decided.push(d);
+                decided.push((i, d));
             }
             let mut results = self.store.append(appends).await.into_iter();
-            let mut retry = Vec::new();
-            for (&i, mut d) in pending.iter().zip(decided) {
+            for (i, mut d) in decided {
                 let pages = d.events.len().div_ceil(PAGE_EVENTS_MAX);
                 let mut stored_pages = 0;
                 let mut lost = false;
@@ -186,12 +222,19 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     match result {
                         Ok(()) if !lost => stored_pages += 1,
                         Ok(()) => {}
+                        Err(AppendError::Store(e)) if transient(&e) => {
+                            last_failure = CommandError::Store(e);
+                            lost = true;
+                        }
                         Err(AppendError::Store(e)) => return Err(e.into()),
                         Err(
                             AppendError::Conflict { .. }
                             | AppendError::DuplicateTxn(_)
                             | AppendError::TargetReversed(_),
-                        ) => lost = true,
+                        ) => {
+                            last_failure = CommandError::Contended(APPEND_RETRIES_MAX);
+                            lost = true;
+                        }
                     }
                 }
                 let stored_events = (stored_pages * PAGE_EVENTS_MAX).min(d.events.len());
@@ -222,13 +265,9 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     retry.push(i);
                 }
             }
+            retry.sort_unstable();
             pending = retry;
         }
-        Metrics::add(
-            &self.metrics.events_appended,
-            booked.iter().map(|p| p.events().len() as u64).sum(),
-        );
-        self.publish(&booked).await;
         Ok(done)
     }
 

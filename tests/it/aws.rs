@@ -570,3 +570,35 @@ async fn http_to_dynamodb_to_kinesis_to_the_projector_and_back_with_a_poison_rec
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     poller.stop().await;
 }
+
+// Throttling injected at the port layer over DynamoDB Local (scenarios in `faults.rs`).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_commands_ride_out_transient_throttling() {
+    if let Some(store) = store("throttle-commands").await {
+        crate::faults::commands_ride_out_transient_throttling(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_persistent_throttling_fails_cleanly_and_a_resubmission_completes() {
+    if let Some(store) = store("throttle-persistent").await {
+        crate::faults::persistent_throttling_fails_cleanly_and_a_resubmission_completes(store)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_projector_retries_throttled_writes_and_reports_what_still_fails() {
+    if let Some(store) = store("throttle-projector").await {
+        crate::faults::the_projector_retries_throttled_writes_and_reports_what_still_fails(store)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_throttled_publish_loses_nothing() {
+    if let Some(store) = store("throttle-publish").await {
+        crate::faults::a_throttled_publish_loses_nothing(store).await;
+    }
+}

@@ -27,6 +27,8 @@ async fn spawn_server() -> Server {
 
 pub(crate) struct Reply {
     pub(crate) status: u16,
+    /// Status line and headers.
+    pub(crate) head: String,
     pub(crate) body: String,
 }
 
@@ -60,6 +62,7 @@ pub(crate) async fn send(
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
     Reply {
         status,
+        head: head.to_owned(),
         body: body.to_owned(),
     }
 }

@@ -5,6 +5,7 @@
 mod aws;
 mod codec_robustness;
 mod crash;
+mod faults;
 mod harness;
 mod http;
 mod lambda;

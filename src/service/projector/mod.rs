@@ -19,9 +19,11 @@ use crate::domain::{AccountId, Effect, Snapshot};
 use crate::ports::{
     EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
+use crate::service::command::{retry_delay, transient};
 use crate::service::metrics::Metrics;
 
-/// Conditional snapshot writes retried per account per batch before it is reported failed.
+/// Rounds of conditional snapshot writes per batch (conflicts resynced, throttled writes
+/// retried after a jittered pause) before an account is reported failed.
 pub const SNAPSHOT_RETRIES_MAX: u32 = 4;
 /// Default snapshot cache size (entries).
 pub const CACHE_ENTRIES_DEFAULT: usize = 100_000;
@@ -236,9 +238,12 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         cache: &mut SnapshotCache,
     ) -> Vec<usize> {
         let mut failed = Vec::new();
-        for _ in 0..SNAPSHOT_RETRIES_MAX {
+        for round in 0..SNAPSHOT_RETRIES_MAX {
             if puts.is_empty() {
                 break;
+            }
+            if round > 0 {
+                tokio::time::sleep(retry_delay(round)).await;
             }
             let results = self
                 .snapshots
@@ -248,6 +253,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             for ((put, first), result) in puts.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
+                        Metrics::add(&self.metrics.snapshots_written, 1);
                         Metrics::add(
                             &self.metrics.events_projected,
                             put.snapshot.version - put.expected_version,
@@ -276,6 +282,10 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                             Ok(_) => {}
                             Err(_) => failed.push(first),
                         }
+                    }
+                    Err(SnapshotError::Store(e)) if transient(&e) => {
+                        tracing::warn!(account = %put.account, error = %e, "snapshot write failed; retrying");
+                        retry.push((put, first));
                     }
                     Err(SnapshotError::Store(e)) => {
                         tracing::error!(account = %put.account, error = %e, "snapshot write failed");
@@ -342,9 +352,11 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     snapshot: fold.snapshot,
                 };
                 match self.snapshots.put_many(vec![put]).await.pop() {
-                    Some(Ok(())) | Some(Err(SnapshotError::Conflict { .. })) => {
+                    Some(Ok(())) => {
+                        Metrics::add(&self.metrics.snapshots_written, 1);
                         report.caught_up += 1
                     }
+                    Some(Err(SnapshotError::Conflict { .. })) => report.caught_up += 1,
                     Some(Err(SnapshotError::Store(e))) => return Err(e),
                     None => {}
                 }

@@ -1,0 +1,624 @@
+//! Throttling injected at the port layer (neither emulator enforces limits): a wrapper that
+//! makes chosen calls of any store or publisher fail with `StoreError::Throttled`, and the
+//! behaviour each service owes its users then. The scenarios are generic over the backend:
+//! the embedded store runs them here, DynamoDB Local in `aws.rs`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tally::adapters::embedded::EmbeddedStore;
+use tally::domain::{AccountId, AccountState, Command, Money, Policy, Snapshot, Timestamp, TxnId};
+use tally::http::{Api, router};
+use tally::ports::{
+    Append, AppendError, EventPublisher, EventStore, OutRecord, Quarantine, Quarantined,
+    SnapshotError, SnapshotPut, SnapshotStore, StoreError, StoredTxn,
+};
+use tally::service::audit;
+use tally::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
+use tally::service::metrics::Metrics;
+use tally::service::projector::{Projector, lowest_failure};
+use tally::service::query::QueryService;
+
+use crate::harness::lambda_json;
+use crate::http::send;
+
+/// How many of the next calls (or items, for batch calls) of each kind fail as throttled;
+/// `u32::MAX` for "until cleared". `only` narrows the faults to one account.
+#[derive(Default)]
+pub struct Faults {
+    pub load: AtomicU32,
+    pub append: AtomicU32,
+    pub read: AtomicU32,
+    pub get_many: AtomicU32,
+    pub put: AtomicU32,
+    pub publish: AtomicU32,
+    pub only: Mutex<Option<String>>,
+    /// Faults actually injected, so a test proves the path it claims to cover was taken.
+    pub injected: AtomicU32,
+}
+
+impl Faults {
+    fn hit(&self, counter: &AtomicU32, account: Option<&str>) -> bool {
+        if let (Some(only), Some(account)) = (self.only.lock().unwrap().as_deref(), account)
+            && only != account
+        {
+            return false;
+        }
+        let hit = counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                u32::MAX => Some(u32::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if hit {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+
+    pub fn clear(&self) {
+        for c in [
+            &self.load,
+            &self.append,
+            &self.read,
+            &self.get_many,
+            &self.put,
+            &self.publish,
+        ] {
+            c.store(0, Ordering::SeqCst);
+        }
+        *self.only.lock().unwrap() = None;
+    }
+
+    pub fn injected(&self) -> u32 {
+        self.injected.load(Ordering::SeqCst)
+    }
+}
+
+/// Any port, with faults.
+#[derive(Clone)]
+pub struct Flaky<T> {
+    pub inner: T,
+    pub faults: Arc<Faults>,
+}
+
+impl<T> Flaky<T> {
+    pub fn new(inner: T) -> Flaky<T> {
+        Flaky {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+}
+
+impl<T: EventStore> EventStore for Flaky<T> {
+    async fn tip(&self, account: &AccountId) -> Result<AccountState, StoreError> {
+        self.inner.tip(account).await
+    }
+
+    async fn load(
+        &self,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+        if self.faults.hit(&self.faults.load, Some(account.as_str())) {
+            return Err(StoreError::Throttled);
+        }
+        self.inner.load(account, txns).await
+    }
+
+    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+        self.inner.txn(account, txn).await
+    }
+
+    /// Throttles chosen appends; like a real store, an account's pages after a failed one
+    /// are not written either.
+    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+        let mut out: Vec<Option<Result<(), AppendError>>> = Vec::with_capacity(appends.len());
+        let mut failed: Vec<AccountId> = Vec::new();
+        let mut forward = Vec::new();
+        for a in &appends {
+            if failed.contains(&a.account) {
+                out.push(Some(Err(AppendError::Conflict {
+                    current: a.expected_version,
+                })));
+            } else if self
+                .faults
+                .hit(&self.faults.append, Some(a.account.as_str()))
+            {
+                failed.push(a.account.clone());
+                out.push(Some(Err(StoreError::Throttled.into())));
+            } else {
+                out.push(None);
+                forward.push(a.clone());
+            }
+        }
+        let mut results = self.inner.append(forward).await.into_iter();
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| results.next().expect("one result per append")))
+            .collect()
+    }
+
+    async fn read(
+        &self,
+        account: &AccountId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<tally::domain::Event>, StoreError> {
+        if self.faults.hit(&self.faults.read, Some(account.as_str())) {
+            return Err(StoreError::Throttled);
+        }
+        self.inner.read(account, from, to).await
+    }
+
+    async fn accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<(AccountId, u64)>, StoreError> {
+        self.inner.accounts(after, limit).await
+    }
+}
+
+impl<T: SnapshotStore> SnapshotStore for Flaky<T> {
+    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.get(account).await
+    }
+
+    async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        if self.faults.hit(&self.faults.get_many, None) {
+            return Err(StoreError::Throttled);
+        }
+        self.inner.get_many(accounts).await
+    }
+
+    async fn put_many(&self, puts: Vec<SnapshotPut>) -> Vec<Result<(), SnapshotError>> {
+        let throttled: Vec<bool> = puts
+            .iter()
+            .map(|p| self.faults.hit(&self.faults.put, Some(&p.account)))
+            .collect();
+        let forward = puts
+            .into_iter()
+            .zip(&throttled)
+            .filter(|(_, t)| !**t)
+            .map(|(p, _)| p)
+            .collect();
+        let mut results = self.inner.put_many(forward).await.into_iter();
+        throttled
+            .into_iter()
+            .map(|t| {
+                if t {
+                    Err(StoreError::Throttled.into())
+                } else {
+                    results.next().expect("one result per put")
+                }
+            })
+            .collect()
+    }
+}
+
+impl<T: Quarantine> Quarantine for Flaky<T> {
+    async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
+        self.inner.put(record).await
+    }
+}
+
+impl<T: EventPublisher> EventPublisher for Flaky<T> {
+    async fn publish(&self, records: Vec<OutRecord>) -> Result<(), StoreError> {
+        if self.faults.hit(&self.faults.publish, None) {
+            return Err(StoreError::Throttled);
+        }
+        self.inner.publish(records).await
+    }
+}
+
+/// A stream that keeps what is published, so a test can hand it to the projector as Lambda
+/// would, in its own batches.
+#[derive(Clone, Default)]
+pub struct Recorder(pub Arc<Mutex<Vec<OutRecord>>>);
+
+impl Recorder {
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+            .into_iter()
+            .map(|r| r.data)
+            .collect()
+    }
+}
+
+impl EventPublisher for Recorder {
+    async fn publish(&self, records: Vec<OutRecord>) -> Result<(), StoreError> {
+        self.0.lock().unwrap().extend(records);
+        Ok(())
+    }
+}
+
+fn at() -> Timestamp {
+    Timestamp::from_millis(1_793_523_600_000).unwrap()
+}
+
+fn deposits(account: &str, ids: impl IntoIterator<Item = usize>, amount: i64) -> AccountChunk {
+    AccountChunk {
+        account: AccountId::new(account).unwrap(),
+        commands: ids
+            .into_iter()
+            .map(|i| Command::Deposit {
+                txn_id: TxnId::new(format!("{account}-d{i}")).unwrap(),
+                amount: Money(amount),
+                occurred_at: at(),
+            })
+            .collect(),
+    }
+}
+
+fn commands<S: EventStore>(
+    store: S,
+    publisher: impl EventPublisher,
+) -> CommandService<S, impl EventPublisher> {
+    CommandService::new(store, publisher, Policy::default(), 64, Arc::new(at))
+}
+
+async fn balance<S: EventStore>(store: &S, account: &str) -> (u64, i64) {
+    let tip = store.tip(&AccountId::new(account).unwrap()).await.unwrap();
+    (tip.version, tip.balance.minor())
+}
+
+/// Verify is clean: every snapshot equals the fold of its account's events.
+async fn assert_verified<S: EventStore + SnapshotStore>(store: &S, accounts: u64, events: u64) {
+    let report = audit::verify(store, store).await.unwrap();
+    assert_eq!(
+        (report.accounts, report.events, report.differences),
+        (accounts, events, vec![]),
+    );
+}
+
+/// Transient throttling of loads and appends is ridden out: every command is booked once,
+/// published once, and projects to the right balance.
+pub async fn commands_ride_out_transient_throttling<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let flaky = Flaky::new(store.clone());
+    flaky.faults.load.store(2, Ordering::SeqCst);
+    flaky.faults.append.store(3, Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let service = commands(flaky.clone(), recorder.clone());
+    let chunks = (0..3)
+        .map(|a| deposits(&format!("t{a}"), 0..40, 100))
+        .collect();
+    let outcomes = service.submit_chunks(chunks).await.unwrap();
+    assert_eq!(flaky.faults.injected(), 5, "every planned fault was hit");
+    for (a, outcomes) in outcomes.iter().enumerate() {
+        assert_eq!(outcomes.len(), 40);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, CommandOutcome::Booked(_))),
+            "t{a}: {outcomes:?}"
+        );
+        assert_eq!(balance(&store, &format!("t{a}")).await, (40, 4_000));
+    }
+    let projector = Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        100,
+        Arc::default(),
+    );
+    let response = projector
+        .handle_json(lambda_json(&recorder.take()).as_bytes())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_verified(&store, 3, 120).await;
+}
+
+/// Throttling that outlasts the retries: the call fails with `Throttled` naming nothing
+/// half-written; what other accounts booked stays booked and published; resubmitting the
+/// same commands books the rest and reports the earlier ones as duplicates.
+pub async fn persistent_throttling_fails_cleanly_and_a_resubmission_completes<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let flaky = Flaky::new(store.clone());
+    *flaky.faults.only.lock().unwrap() = Some("u1".into());
+    flaky.faults.append.store(u32::MAX, Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let service = commands(flaky.clone(), recorder.clone());
+    let chunks = || vec![deposits("u0", 0..3, 500), deposits("u1", 0..3, 700)];
+    let err = service.submit_chunks(chunks()).await.unwrap_err();
+    assert_eq!(err, CommandError::Store(StoreError::Throttled));
+    assert!(flaky.faults.injected() > 1, "the append was retried");
+    assert_eq!(
+        balance(&store, "u0").await,
+        (3, 1_500),
+        "booked stays booked"
+    );
+    assert_eq!(balance(&store, "u1").await, (0, 0), "nothing half-written");
+    assert_eq!(
+        recorder.0.lock().unwrap().len(),
+        1,
+        "u0's page was published"
+    );
+
+    flaky.faults.clear();
+    let outcomes = service.submit_chunks(chunks()).await.unwrap();
+    assert!(
+        outcomes[0]
+            .iter()
+            .all(|o| matches!(o, CommandOutcome::Duplicate(_)))
+    );
+    assert!(
+        outcomes[1]
+            .iter()
+            .all(|o| matches!(o, CommandOutcome::Booked(_)))
+    );
+    assert_eq!(balance(&store, "u1").await, (3, 2_100));
+    let projector = Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        100,
+        Arc::default(),
+    );
+    let response = projector
+        .handle_json(lambda_json(&recorder.take()).as_bytes())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_verified(&store, 2, 6).await;
+}
+
+/// The projector retries throttled snapshot writes within the batch; what still fails is
+/// reported at the account's first record, the other accounts are written, and a
+/// redelivery from the lowest failure (as Lambda does) converges. A throttled snapshot read
+/// fails the whole batch, and the retry projects it.
+pub async fn the_projector_retries_throttled_writes_and_reports_what_still_fails<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let recorder = Recorder::default();
+    let service = commands(store.clone(), recorder.clone());
+    // One record per account: buckets of 64 put these three in different buckets.
+    let accounts = ["p0", "p1", "p2"];
+    service
+        .submit_chunks(accounts.iter().map(|a| deposits(a, 0..5, 10)).collect())
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let flaky = Flaky::new(store.clone());
+    let projector = Projector::new(
+        flaky.clone(),
+        flaky.clone(),
+        flaky.clone(),
+        100,
+        metrics.clone(),
+    );
+    flaky.faults.put.store(2, Ordering::SeqCst);
+    let first = recorder.take();
+    assert_eq!(first.len(), 3);
+    let response = projector
+        .handle_json(lambda_json(&first).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(flaky.faults.injected(), 2);
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "retried within the batch"
+    );
+    for a in accounts {
+        assert_eq!(store.get(a).await.unwrap().map(|s| s.version), Some(5));
+    }
+
+    service
+        .submit_chunks(accounts.iter().map(|a| deposits(a, 5..7, 10)).collect())
+        .await
+        .unwrap();
+    let second = recorder.take();
+    *flaky.faults.only.lock().unwrap() = Some("p1".into());
+    flaky.faults.put.store(u32::MAX, Ordering::SeqCst);
+    let response = projector
+        .handle_json(lambda_json(&second).as_bytes())
+        .await
+        .unwrap();
+    let sequence_numbers: Vec<String> = (0..second.len()).map(|i| (1000 + i).to_string()).collect();
+    let lowest = lowest_failure(&response, &sequence_numbers).expect("p1 is reported");
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let snapshot_versions = |store: S| async move {
+        let mut v = Vec::new();
+        for a in accounts {
+            v.push(store.get(a).await.unwrap().map_or(0, |s| s.version));
+        }
+        v
+    };
+    assert_eq!(snapshot_versions(store.clone()).await, vec![7, 5, 7]);
+    flaky.faults.clear();
+    let redelivered = lambda_json(&second[lowest..]);
+    let response = projector.handle_json(redelivered.as_bytes()).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(snapshot_versions(store.clone()).await, vec![7, 7, 7]);
+
+    // A cold projector whose snapshot read is throttled fails every account of the batch.
+    service
+        .submit_chunks(accounts.iter().map(|a| deposits(a, 7..8, 10)).collect())
+        .await
+        .unwrap();
+    let third = recorder.take();
+    let cold = Projector::new(
+        flaky.clone(),
+        flaky.clone(),
+        flaky.clone(),
+        100,
+        Arc::default(),
+    );
+    flaky.faults.get_many.store(1, Ordering::SeqCst);
+    let response = cold
+        .handle_json(lambda_json(&third).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.batch_item_failures.len(), 3);
+    assert_eq!(snapshot_versions(store.clone()).await, vec![7, 7, 7]);
+    let response = cold
+        .handle_json(lambda_json(&third).as_bytes())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_verified(&store, 3, 24).await;
+}
+
+/// A publish throttled past its retries loses nothing: the command is booked, reads see it
+/// at once (the query completes a lagging snapshot from the events), and the account's
+/// next record makes the projector fill the gap from the event store.
+pub async fn a_throttled_publish_loses_nothing<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let recorder = Recorder::default();
+    let publisher = Flaky::new(recorder.clone());
+    publisher.faults.publish.store(1, Ordering::SeqCst);
+    let service = commands(store.clone(), publisher.clone());
+    let outcomes = service
+        .submit_chunks(vec![deposits("q0", 0..2, 250)])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0][1], CommandOutcome::Booked(_)));
+    assert_eq!(publisher.faults.injected(), 1);
+    assert!(
+        recorder.0.lock().unwrap().is_empty(),
+        "nothing reached the stream"
+    );
+    let query = QueryService::new(store.clone(), store.clone());
+    let seen = query
+        .balance(&AccountId::new("q0").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((seen.version, seen.balance), (2, Money(500)));
+
+    service
+        .submit_chunks(vec![deposits("q0", 2..3, 250)])
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let projector = Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        100,
+        metrics.clone(),
+    );
+    let response = projector
+        .handle_json(lambda_json(&recorder.take()).as_bytes())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(metrics.gaps_filled.load(Ordering::SeqCst), 1);
+    let snapshot = store.get("q0").await.unwrap().unwrap();
+    assert_eq!((snapshot.version, snapshot.balance), (3, Money(750)));
+    assert_verified(&store, 1, 3).await;
+}
+
+fn embedded() -> EmbeddedStore {
+    EmbeddedStore::in_memory().unwrap()
+}
+
+#[tokio::test]
+async fn embedded_commands_ride_out_transient_throttling() {
+    commands_ride_out_transient_throttling(embedded()).await;
+}
+
+#[tokio::test]
+async fn embedded_persistent_throttling_fails_cleanly_and_a_resubmission_completes() {
+    persistent_throttling_fails_cleanly_and_a_resubmission_completes(embedded()).await;
+}
+
+#[tokio::test]
+async fn embedded_projector_retries_throttled_writes_and_reports_what_still_fails() {
+    the_projector_retries_throttled_writes_and_reports_what_still_fails(embedded()).await;
+}
+
+#[tokio::test]
+async fn embedded_throttled_publish_loses_nothing() {
+    a_throttled_publish_loses_nothing(embedded()).await;
+}
+
+/// Over a real socket: a throttled backend is a 503 with a JSON body and `Retry-After`, on
+/// single commands and bulk files alike, and the resubmission books the rest.
+#[tokio::test]
+async fn throttling_is_a_503_with_retry_after_and_a_resubmission_is_safe() {
+    let store = Flaky::new(embedded());
+    let recorder = Recorder::default();
+    let api = Arc::new(Api {
+        commands: commands(store.clone(), recorder.clone()),
+        query: QueryService::new(store.clone(), store.inner.clone()),
+        metrics: Arc::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(api)).await });
+
+    store.faults.append.store(u32::MAX, Ordering::SeqCst);
+    let body = json!({"txn_id": "h1", "amount": 100, "occurred_at": "2026-11-01T10:00:00Z"});
+    let path = "/v1/accounts/h/deposits";
+    let reply = send(
+        addr,
+        "POST",
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "throttled");
+    assert!(
+        reply
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1"),
+        "{}",
+        reply.head
+    );
+    let reply = send(
+        addr,
+        "GET",
+        "/v1/accounts/h/balance",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 404, "nothing was written");
+
+    // A bulk file over two accounts, one of them throttled until cleared.
+    *store.faults.only.lock().unwrap() = Some("h".into());
+    let csv = "txn_id,account,kind,amount,occurred_at,reverses\n\
+               g1,g,deposit,300,2026-11-01T10:00:00Z,\n\
+               h1,h,deposit,100,2026-11-01T10:00:00Z,\n";
+    let reply = send(addr, "POST", "/v1/transactions", "text/csv", csv.as_bytes()).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(balance(&store.inner, "g").await, (1, 300), "g stays booked");
+    store.faults.clear();
+    let reply = send(addr, "POST", "/v1/transactions", "text/csv", csv.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (
+            reply.json()["accepted"].as_u64(),
+            reply.json()["duplicates"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let reply = send(
+        addr,
+        "POST",
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        reply.status, 200,
+        "h1 was booked by the bulk file: {}",
+        reply.body
+    );
+}
