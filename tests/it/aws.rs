@@ -22,7 +22,7 @@ use tally::service::projector::Projector;
 use crate::harness::txn;
 
 /// The store on fresh tables, or `None` (and a note on stderr) without DynamoDB Local.
-async fn store(test: &str) -> Option<DynamoStore> {
+pub(crate) async fn store(test: &str) -> Option<DynamoStore> {
     let Ok(endpoint) = std::env::var("TALLY_TEST_DYNAMODB_ENDPOINT") else {
         // Written past libtest's capture on purpose, so a plain `cargo test` shows it.
         use std::io::Write;

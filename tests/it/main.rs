@@ -4,6 +4,7 @@
 
 mod aws;
 mod codec_robustness;
+mod cost;
 mod crash;
 mod faults;
 mod harness;
