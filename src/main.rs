@@ -415,7 +415,13 @@ async fn run_ingest(
         }
     })
     .await
-    .map_err(|e| format!("{}: {e}", file.display()))?;
+    .map_err(|e| match e {
+        tally::service::ingest::IngestError::Command(_) => format!(
+            "{}: {e} (rows booked so far stay booked; running the same file again is safe)",
+            file.display()
+        ),
+        e => format!("{}: {e}", file.display()),
+    })?;
     app.drain().await;
     let elapsed = summary.elapsed;
     if let Some(bar) = bar {

@@ -265,6 +265,27 @@ async fn balance<S: EventStore>(store: &S, account: &str) -> (u64, i64) {
     (tip.version, tip.balance.minor())
 }
 
+/// Projects everything recorded as one Lambda batch on a fresh projector; nothing fails.
+async fn project_recorded<S>(store: &S, recorder: &Recorder) -> Arc<Metrics>
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let metrics = Arc::new(Metrics::default());
+    let projector = Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        100,
+        metrics.clone(),
+    );
+    let response = projector
+        .handle_json(lambda_json(&recorder.take()).as_bytes())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    metrics
+}
+
 /// Verify is clean: every snapshot equals the fold of its account's events.
 async fn assert_verified<S: EventStore + SnapshotStore>(store: &S, accounts: u64, events: u64) {
     let report = audit::verify(store, store).await.unwrap();
@@ -300,18 +321,7 @@ where
         );
         assert_eq!(balance(&store, &format!("t{a}")).await, (40, 4_000));
     }
-    let projector = Projector::new(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        100,
-        Arc::default(),
-    );
-    let response = projector
-        .handle_json(lambda_json(&recorder.take()).as_bytes())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    project_recorded(&store, &recorder).await;
     assert_verified(&store, 3, 120).await;
 }
 
@@ -356,18 +366,7 @@ where
             .all(|o| matches!(o, CommandOutcome::Booked(_)))
     );
     assert_eq!(balance(&store, "u1").await, (3, 2_100));
-    let projector = Projector::new(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        100,
-        Arc::default(),
-    );
-    let response = projector
-        .handle_json(lambda_json(&recorder.take()).as_bytes())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    project_recorded(&store, &recorder).await;
     assert_verified(&store, 2, 6).await;
 }
 
@@ -470,7 +469,8 @@ where
 
 /// A publish throttled past its retries loses nothing: the command is booked, reads see it
 /// at once (the query completes a lagging snapshot from the events), and the account's
-/// next record makes the projector fill the gap from the event store.
+/// next record makes the projector fill the gap from the event store (once a throttled
+/// read of it has been reported and redelivered).
 pub async fn a_throttled_publish_loses_nothing<S>(store: S)
 where
     S: EventStore + SnapshotStore + Quarantine + Clone,
@@ -501,18 +501,28 @@ where
         .submit_chunks(vec![deposits("q0", 2..3, 250)])
         .await
         .unwrap();
+    // The first delivery cannot fill the gap (the event store read is throttled) and
+    // reports the account; the redelivery fills it.
+    let records = lambda_json(&recorder.take());
+    let events = Flaky::new(store.clone());
+    events.faults.read.store(1, Ordering::SeqCst);
     let metrics = Arc::new(Metrics::default());
     let projector = Projector::new(
-        store.clone(),
+        events.clone(),
         store.clone(),
         store.clone(),
         100,
         metrics.clone(),
     );
-    let response = projector
-        .handle_json(lambda_json(&recorder.take()).as_bytes())
-        .await
-        .unwrap();
+    let response = projector.handle_json(records.as_bytes()).await.unwrap();
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(events.faults.injected(), 1);
+    assert_eq!(
+        store.get("q0").await.unwrap(),
+        None,
+        "nothing projected yet"
+    );
+    let response = projector.handle_json(records.as_bytes()).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(metrics.gaps_filled.load(Ordering::SeqCst), 1);
     let snapshot = store.get("q0").await.unwrap().unwrap();
