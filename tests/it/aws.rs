@@ -33,12 +33,7 @@ pub(crate) async fn store(test: &str) -> Option<DynamoStore> {
         );
         return None;
     };
-    let conf = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("eu-west-1"))
-        .credentials_provider(Credentials::new("local", "local", None, None, "tests"))
-        .build();
+    let client = dynamodb_client(endpoint);
     let suffix = format!(
         "{test}-{}-{}",
         std::process::id(),
@@ -53,12 +48,83 @@ pub(crate) async fn store(test: &str) -> Option<DynamoStore> {
         quarantine_table: format!("tally-quarantine-{suffix}"),
         marker_ttl_secs: Some(86_400 * 400),
     };
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), config);
+    let store = DynamoStore::new(client, config);
     store
         .create_tables()
         .await
         .expect("tables can be created in DynamoDB Local");
     Some(store)
+}
+
+fn dynamodb_client(endpoint: String) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("eu-west-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "tests"))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// `scripts/emulators up` creates the tables from template.yaml; the adapter's own
+/// `create_tables` (tests, `--create-resources`) must make the same keys and billing, and
+/// the template's TTL must be on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tables_made_from_the_template_match_what_the_adapter_creates() {
+    let Some(ours) = store("shape").await else {
+        return;
+    };
+    let client = dynamodb_client(std::env::var("TALLY_TEST_DYNAMODB_ENDPOINT").unwrap());
+    let shape = |name: String| {
+        let client = client.clone();
+        async move {
+            let t = client
+                .describe_table()
+                .table_name(&name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{name} (scripts/emulators up creates it): {e:?}"))
+                .table
+                .unwrap();
+            let mut attributes: Vec<String> = t
+                .attribute_definitions()
+                .iter()
+                .map(|a| format!("{}:{}", a.attribute_name(), a.attribute_type().as_str()))
+                .collect();
+            attributes.sort();
+            let keys: Vec<String> = t
+                .key_schema()
+                .iter()
+                .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+                .collect();
+            let billing = t
+                .billing_mode_summary()
+                .and_then(|b| b.billing_mode())
+                .map(|b| b.as_str().to_owned());
+            (attributes, keys, billing)
+        }
+    };
+    let ours_config = ours.config();
+    for (template, adapter) in [
+        ("tally-events", &ours_config.events_table),
+        ("tally-balances", &ours_config.balances_table),
+        ("tally-quarantine", &ours_config.quarantine_table),
+    ] {
+        let (a, b) = (
+            shape(template.to_owned()).await,
+            shape(adapter.clone()).await,
+        );
+        assert_eq!(a, b, "{template} vs {adapter}");
+        assert_eq!(a.2.as_deref(), Some("PAY_PER_REQUEST"));
+    }
+    let ttl = client
+        .describe_time_to_live()
+        .table_name("tally-events")
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
 }
 
 fn at() -> Timestamp {

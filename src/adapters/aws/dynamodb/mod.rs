@@ -134,6 +134,11 @@ impl DynamoStore {
         self
     }
 
+    /// Table names and marker TTL.
+    pub fn config(&self) -> &AwsConfig {
+        &self.config
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
