@@ -214,6 +214,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 decided.push((i, d));
             }
             let mut results = self.store.append(appends).await.into_iter();
+            let mut fatal: Option<CommandError> = None;
             for (i, mut d) in decided {
                 let pages = d.events.len().div_ceil(PAGE_EVENTS_MAX);
                 let mut stored_pages = 0;
@@ -226,7 +227,10 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                             last_failure = CommandError::Store(e);
                             lost = true;
                         }
-                        Err(AppendError::Store(e)) => return Err(e.into()),
+                        Err(AppendError::Store(e)) => {
+                            fatal.get_or_insert(e.into());
+                            lost = true;
+                        }
                         Err(
                             AppendError::Conflict { .. }
                             | AppendError::DuplicateTxn(_)
@@ -260,10 +264,20 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 }
                 d.outcomes.truncate(final_commands);
                 d.duplicates.retain(|(slot, _)| *slot < final_commands);
-                done[i].extend(self.finish(&chunks[i].account, d).await?);
+                match self.finish(&chunks[i].account, d).await {
+                    Ok(outcomes) => done[i].extend(outcomes),
+                    Err(e) => {
+                        fatal.get_or_insert(e);
+                    }
+                }
                 if done[i].len() < chunks[i].commands.len() {
                     retry.push(i);
                 }
+            }
+            // Every account's stored pages are in `booked` (and get published) before a
+            // failure that retrying cannot fix is returned.
+            if let Some(e) = fatal {
+                return Err(e);
             }
             retry.sort_unstable();
             pending = retry;

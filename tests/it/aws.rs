@@ -668,3 +668,10 @@ async fn dynamodb_throttled_publish_loses_nothing() {
         crate::faults::a_throttled_publish_loses_nothing(store).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_permanent_failure_is_not_retried_and_the_rest_is_published() {
+    if let Some(store) = store("permanent").await {
+        crate::faults::a_permanent_failure_is_not_retried_and_the_rest_is_published(store).await;
+    }
+}

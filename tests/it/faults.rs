@@ -24,7 +24,8 @@ use crate::harness::lambda_json;
 use crate::http::send;
 
 /// How many of the next calls (or items, for batch calls) of each kind fail as throttled;
-/// `u32::MAX` for "until cleared". `only` narrows the faults to one account.
+/// `u32::MAX` for "until cleared". `only` narrows the per-account faults (load, append,
+/// read, put) to one account; `get_many` and `publish` name no single account and ignore it.
 #[derive(Default)]
 pub struct Faults {
     pub load: AtomicU32,
@@ -33,6 +34,8 @@ pub struct Faults {
     pub get_many: AtomicU32,
     pub put: AtomicU32,
     pub publish: AtomicU32,
+    /// Appends that fail as `Corrupt`: a failure retrying cannot fix.
+    pub corrupt_append: AtomicU32,
     pub only: Mutex<Option<String>>,
     /// Faults actually injected, so a test proves the path it claims to cover was taken.
     pub injected: AtomicU32,
@@ -66,6 +69,7 @@ impl Faults {
             &self.get_many,
             &self.put,
             &self.publish,
+            &self.corrupt_append,
         ] {
             c.store(0, Ordering::SeqCst);
         }
@@ -130,6 +134,12 @@ impl<T: EventStore> EventStore for Flaky<T> {
             {
                 failed.push(a.account.clone());
                 out.push(Some(Err(StoreError::Throttled.into())));
+            } else if self
+                .faults
+                .hit(&self.faults.corrupt_append, Some(a.account.as_str()))
+            {
+                failed.push(a.account.clone());
+                out.push(Some(Err(StoreError::Corrupt("injected".into()).into())));
             } else {
                 out.push(None);
                 forward.push(a.clone());
@@ -370,6 +380,35 @@ where
     assert_verified(&store, 2, 6).await;
 }
 
+/// A failure retrying cannot fix is returned at once, not retried, and what other accounts
+/// booked in the same call is still published.
+pub async fn a_permanent_failure_is_not_retried_and_the_rest_is_published<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let flaky = Flaky::new(store.clone());
+    *flaky.faults.only.lock().unwrap() = Some("v1".into());
+    flaky
+        .faults
+        .corrupt_append
+        .store(u32::MAX, Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let service = commands(flaky.clone(), recorder.clone());
+    let err = service
+        .submit_chunks(vec![deposits("v1", 0..2, 100), deposits("v0", 0..2, 100)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CommandError::Store(StoreError::Corrupt("injected".into()))
+    );
+    assert_eq!(flaky.faults.injected(), 1, "not retried");
+    assert_eq!(balance(&store, "v0").await, (2, 200));
+    assert_eq!(balance(&store, "v1").await, (0, 0));
+    project_recorded(&store, &recorder).await;
+    assert_verified(&store, 1, 2).await;
+}
+
 /// The projector retries throttled snapshot writes within the batch; what still fails is
 /// reported at the account's first record, the other accounts are written, and a
 /// redelivery from the lowest failure (as Lambda does) converges. A throttled snapshot read
@@ -542,6 +581,11 @@ async fn embedded_commands_ride_out_transient_throttling() {
 #[tokio::test]
 async fn embedded_persistent_throttling_fails_cleanly_and_a_resubmission_completes() {
     persistent_throttling_fails_cleanly_and_a_resubmission_completes(embedded()).await;
+}
+
+#[tokio::test]
+async fn embedded_permanent_failure_is_not_retried_and_the_rest_is_published() {
+    a_permanent_failure_is_not_retried_and_the_rest_is_published(embedded()).await;
 }
 
 #[tokio::test]
