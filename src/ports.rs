@@ -118,10 +118,14 @@ pub struct SnapshotPut {
 
 /// The read model: one snapshot per account.
 pub trait SnapshotStore: Send + Sync + 'static {
+    /// One snapshot: `get_many` of one, unless a backend has something cheaper.
     fn get(
         &self,
         account: &str,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        let accounts = vec![account.to_owned()];
+        async move { Ok(self.get_many(accounts).await?.pop().flatten()) }
+    }
 
     /// Loads many snapshots at once, in order (`None`: never written).
     fn get_many(

@@ -138,11 +138,6 @@ impl<T: EventStore> EventStore for Meter<T> {
 }
 
 impl<T: SnapshotStore> SnapshotStore for Meter<T> {
-    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.model.lock().unwrap().read += 1;
-        self.inner.get(account).await
-    }
-
     async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
         self.model.lock().unwrap().read += accounts.len() as u64;
         self.inner.get_many(accounts).await

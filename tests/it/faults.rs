@@ -173,10 +173,6 @@ impl<T: EventStore> EventStore for Flaky<T> {
 }
 
 impl<T: SnapshotStore> SnapshotStore for Flaky<T> {
-    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.get(account).await
-    }
-
     async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
         if self.faults.hit(&self.faults.get_many, None) {
             return Err(StoreError::Throttled);

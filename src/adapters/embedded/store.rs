@@ -408,14 +408,6 @@ impl EventStore for EmbeddedStore {
 }
 
 impl SnapshotStore for EmbeddedStore {
-    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self
-            .get_many(vec![account.to_owned()])
-            .await?
-            .pop()
-            .flatten())
-    }
-
     async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let table = tx.open_table(SNAPSHOTS).map_err(unavailable)?;

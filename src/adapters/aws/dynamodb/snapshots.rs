@@ -76,14 +76,6 @@ fn snapshot_of(item: &HashMap<String, AttributeValue>) -> Result<Snapshot, Store
 }
 
 impl SnapshotStore for DynamoStore {
-    async fn get(&self, account: &str) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self
-            .get_many(vec![account.to_owned()])
-            .await?
-            .pop()
-            .flatten())
-    }
-
     async fn get_many(&self, accounts: Vec<String>) -> Result<Vec<Option<Snapshot>>, StoreError> {
         let mut found: HashMap<String, Snapshot> = HashMap::new();
         let mut unique: Vec<&String> = accounts.iter().collect();
