@@ -53,15 +53,20 @@ fn marker_of(item: &HashMap<String, AttributeValue>) -> Result<StoredTxn, StoreE
 }
 
 impl DynamoStore {
-    /// The newest page item of an account: (last version, balance).
-    async fn tip_item(&self, account: &str) -> Result<AccountState, StoreError> {
+    /// The newest page item of an account whose first version is at most `upto`.
+    async fn page_at_or_before(
+        &self,
+        account: &str,
+        upto: u64,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
         let out = self
             .client
             .query()
             .table_name(&self.config.events_table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :v)")
+            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
             .expression_attribute_values(":pk", s(account))
-            .expression_attribute_values(":v", s("v#"))
+            .expression_attribute_values(":a", s(page_sk(0)))
+            .expression_attribute_values(":b", s(page_sk(upto)))
             .scan_index_forward(false)
             .limit(1)
             .consistent_read(true)
@@ -70,10 +75,15 @@ impl DynamoStore {
             .await
             .map_err(|e| store_error(&e))?;
         self.charge(Units::Read, out.consumed_capacity());
-        match out.items().first() {
+        Ok(out.items().first().cloned())
+    }
+
+    /// The newest page item of an account: (last version, balance).
+    async fn tip_item(&self, account: &str) -> Result<AccountState, StoreError> {
+        match self.page_at_or_before(account, u64::MAX).await? {
             Some(item) => Ok(AccountState {
-                version: get_n(item, "last")?,
-                balance: Money(get_n(item, "balance")?),
+                version: get_n(&item, "last")?,
+                balance: Money(get_n(&item, "balance")?),
             }),
             None => Ok(AccountState::default()),
         }
@@ -342,13 +352,10 @@ impl EventStore for DynamoStore {
             .buffer_unordered(CONCURRENCY_MAX)
             .collect()
             .await;
-        let mut out: Vec<Option<Result<(), AppendError>>> = vec![None; appends.len()];
-        for (i, result) in results.into_iter().flatten() {
-            out[i] = Some(result);
-        }
-        out.into_iter()
-            .map(|r| r.expect("every append has a result"))
-            .collect()
+        let mut results: Vec<(usize, Result<(), AppendError>)> =
+            results.into_iter().flatten().collect();
+        results.sort_unstable_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
     }
 
     async fn read(
@@ -358,27 +365,11 @@ impl EventStore for DynamoStore {
         to: u64,
     ) -> Result<Vec<Event>, StoreError> {
         // The page holding `from` starts at or before it.
-        let out = self
-            .client
-            .query()
-            .table_name(&self.config.events_table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
-            .expression_attribute_values(":pk", s(account.as_str()))
-            .expression_attribute_values(":a", s(page_sk(0)))
-            .expression_attribute_values(":b", s(page_sk(from.max(1))))
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        self.charge(Units::Read, out.consumed_capacity());
-        let start = out
-            .items()
-            .first()
-            .and_then(|i| get_s(i, "sk"))
-            .map_or_else(|| page_sk(0), str::to_owned);
+        let start = self
+            .page_at_or_before(account.as_str(), from.max(1))
+            .await?
+            .and_then(|item| get_s(&item, "sk").map(str::to_owned))
+            .unwrap_or_else(|| page_sk(0));
         let pages = self.pages(account.as_str(), start, page_sk(to)).await?;
         Ok(pages
             .into_iter()

@@ -139,10 +139,6 @@ impl DynamoStore {
         &self.config
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     fn charge<'a>(&self, units: Units, consumed: impl IntoIterator<Item = &'a ConsumedCapacity>) {
         let total: f64 = consumed
             .into_iter()
