@@ -279,7 +279,6 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             if let Some(e) = fatal {
                 return Err(e);
             }
-            retry.sort_unstable();
             pending = retry;
         }
         Ok(done)

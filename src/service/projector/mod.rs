@@ -238,11 +238,14 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         cache: &mut SnapshotCache,
     ) -> Vec<usize> {
         let mut failed = Vec::new();
+        // Set when the last round had a throttled write: only then is a pause worth it
+        // (a conflict is resolved from the item the write returned).
+        let mut throttled = false;
         for round in 0..SNAPSHOT_RETRIES_MAX {
             if puts.is_empty() {
                 break;
             }
-            if round > 0 {
+            if std::mem::take(&mut throttled) {
                 tokio::time::sleep(retry_delay(round)).await;
             }
             let results = self
@@ -285,6 +288,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     }
                     Err(SnapshotError::Store(e)) if transient(&e) => {
                         tracing::warn!(account = %put.account, error = %e, "snapshot write failed; retrying");
+                        throttled = true;
                         retry.push((put, first));
                     }
                     Err(SnapshotError::Store(e)) => {
