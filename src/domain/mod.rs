@@ -10,6 +10,7 @@ pub mod limits;
 pub mod money;
 pub mod snapshot;
 pub mod time;
+pub mod txn;
 
 pub use account::{AccountId, IdError, TxnId};
 pub use command::{AccountState, Command, Rejection, decide};
@@ -18,3 +19,6 @@ pub use limits::{Policy, PolicyError};
 pub use money::Money;
 pub use snapshot::{FoldError, Outcome, Snapshot, apply, apply_effect};
 pub use time::{Month, Timestamp};
+pub use txn::{
+    Decision, Entry, Outcomes, RecordError, Refusal, TxnOutcome, decide_run, describe_reuse, record,
+};

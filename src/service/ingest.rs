@@ -1,15 +1,19 @@
 //! Bulk ingestion: stream rows (constant memory), validate each, group a window of rows by
 //! account, and run them through the command service in per-account chunks, all accounts
-//! of a window in one store transaction. Commands of one account keep file order. Every row
-//! that is not booked — invalid, rejected by the rules — is written to the rejects sink with
-//! its line number and reason.
+//! of a window in one store call. Commands of one account keep file order. Every row that is
+//! not booked — invalid, refused, a replayed refusal, a reused id — goes to the rejects sink
+//! with its line number, outcome and reason.
+//!
+//! Must never: stop without saying which rows have outcomes. Either nothing is booked and the
+//! error says why (an unreadable header), or every row read is accounted for: booked,
+//! duplicate, refused, … or `unprocessed` (after a backend failure; rerunning is safe).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::codec::rows::{Row, RowError, RowReader};
-use crate::domain::AccountId;
+use crate::domain::{AccountId, describe_reuse};
 use crate::ports::{EventPublisher, EventStore};
 use crate::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
 
@@ -17,18 +21,25 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 /// that one store transaction carries many accounts.
 pub const INGEST_WINDOW_ROWS: usize = 65_536;
 
-/// What an ingestion did.
+/// What an ingestion did, row by row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestSummary {
+    /// Rows read (valid or not).
     pub rows: u64,
     /// Newly booked.
     pub accepted: u64,
-    /// Transaction ids already booked (a file sent twice, overlapping files): not booked again.
+    /// Txn ids already booked with the same request (a file sent twice, overlapping files).
     pub duplicates: u64,
-    /// Valid rows refused by the rules (insufficient funds, unknown reversal target, …).
-    pub rejected: u64,
-    /// Rows that are not valid transactions (bad field, missing value).
+    /// Newly refused by the rules (insufficient funds, unknown reversal target, …).
+    pub refused: u64,
+    /// Txn ids refused before with the same request: the same refusal again.
+    pub replayed_refusals: u64,
+    /// Txn ids already used for a different request: refused, nothing booked.
+    pub reused: u64,
+    /// Rows that are not valid transactions (bad field, missing value, amount out of range).
     pub invalid: u64,
+    /// Rows read that have no outcome because ingestion stopped early.
+    pub unprocessed: u64,
     pub elapsed: Duration,
 }
 
@@ -38,24 +49,43 @@ impl IngestSummary {
     }
 }
 
+/// Why ingestion stopped before the end of the input.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub enum StopCause {
     #[error("{0}")]
-    Input(RowError),
+    Read(RowError),
+    #[error(transparent)]
+    Command(CommandError),
     #[error("cannot write the rejects file: {0}")]
     Rejects(std::io::Error),
-    #[error(transparent)]
-    Command(#[from] CommandError),
 }
 
-/// Where refused rows go, as CSV: `line,txn_id,account,field,reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The input cannot be read at all (e.g. a bad header): nothing was booked.
+    #[error("{0}")]
+    Input(RowError),
+    /// Stopped at `line`, the first row without an outcome: rows before it, and whatever
+    /// `summary` counts, have their outcomes; the rest have none yet. Rerunning is safe.
+    #[error("stopped at line {line}: {cause}")]
+    Stopped {
+        summary: IngestSummary,
+        line: u64,
+        cause: StopCause,
+    },
+}
+
+/// Where rows that were not booked go, as CSV: `line,txn_id,account,outcome,field,reason`.
 pub struct Rejects<W: Write> {
     out: W,
 }
 
+/// The `outcome` column of the rejects file.
+pub const REJECT_OUTCOMES: [&str; 4] = ["invalid", "refused", "replayed_refusal", "reused"];
+
 impl<W: Write> Rejects<W> {
     pub fn new(mut out: W) -> std::io::Result<Rejects<W>> {
-        writeln!(out, "line,txn_id,account,field,reason")?;
+        writeln!(out, "line,txn_id,account,outcome,field,reason")?;
         Ok(Rejects { out })
     }
 
@@ -64,13 +94,13 @@ impl<W: Write> Rejects<W> {
         line: u64,
         txn: &str,
         account: &str,
-        field: &str,
-        reason: &str,
+        what: [&str; 3],
     ) -> std::io::Result<()> {
         let mut w = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(&mut self.out);
-        w.write_record([line.to_string().as_str(), txn, account, field, reason])
+        let line = line.to_string();
+        w.write_record([line.as_str(), txn, account, what[0], what[1], what[2]])
             .map_err(std::io::Error::other)?;
         w.flush()
     }
@@ -90,35 +120,64 @@ pub async fn ingest<R: Read, S: EventStore, P: EventPublisher, W: Write>(
     let started = Instant::now();
     let mut summary = IngestSummary::default();
     let mut window: Vec<Row> = Vec::with_capacity(INGEST_WINDOW_ROWS);
+    let mut read_error = None;
     for item in rows {
         summary.rows += 1;
         match item {
             Ok(row) => window.push(row),
-            Err(e) if e.fatal => return Err(IngestError::Input(e)),
+            Err(e) if e.fatal => {
+                // Not a row: the input cannot be read further. Book what was read, then say
+                // where it stopped.
+                summary.rows -= 1;
+                read_error = Some(e);
+                break;
+            }
             Err(e) => {
                 summary.invalid += 1;
-                rejects
-                    .write(e.line, "", "", e.field.unwrap_or(""), &e.message)
-                    .map_err(IngestError::Rejects)?;
+                let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
+                if let Err(io) = rejects.write(e.line, "", "", what) {
+                    return Err(stop(summary, started, e.line, StopCause::Rejects(io)));
+                }
             }
         }
         if window.len() >= INGEST_WINDOW_ROWS {
-            submit_window(std::mem::take(&mut window), service, rejects, &mut summary).await?;
+            let rows = std::mem::take(&mut window);
+            if let Err((line, cause)) = submit_window(rows, service, rejects, &mut summary).await {
+                return Err(stop(summary, started, line, cause));
+            }
             progress(summary.rows);
         }
     }
-    submit_window(window, service, rejects, &mut summary).await?;
+    if let Err((line, cause)) = submit_window(window, service, rejects, &mut summary).await {
+        return Err(stop(summary, started, line, cause));
+    }
     progress(summary.rows);
     summary.elapsed = started.elapsed();
-    Ok(summary)
+    match read_error {
+        Some(e) => Err(stop(summary, started, e.line, StopCause::Read(e))),
+        None => Ok(summary),
+    }
 }
 
+fn stop(mut summary: IngestSummary, started: Instant, line: u64, cause: StopCause) -> IngestError {
+    summary.elapsed = started.elapsed();
+    IngestError::Stopped {
+        summary,
+        line,
+        cause,
+    }
+}
+
+/// Submits one window; on failure, the first line without an outcome and why.
 async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     window: Vec<Row>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     summary: &mut IngestSummary,
-) -> Result<(), IngestError> {
+) -> Result<(), (u64, StopCause)> {
+    if window.is_empty() {
+        return Ok(());
+    }
     // Group by account, first-appearance order, each account's rows in file order.
     let mut index: HashMap<AccountId, usize> = HashMap::new();
     let mut queues: Vec<(AccountId, Vec<Row>)> = Vec::new();
@@ -129,30 +188,80 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
         });
         queues[i].1.push(row);
     }
-    let lines: Vec<Vec<Row>> = queues.iter_mut().map(|(_, q)| std::mem::take(q)).collect();
     let chunks = queues
         .iter()
-        .zip(&lines)
-        .map(|((account, _), rows)| AccountChunk {
+        .map(|(account, rows)| AccountChunk {
             account: account.clone(),
             commands: rows.iter().map(|r| r.command.clone()).collect(),
         })
         .collect();
-    let outcomes = service.submit_chunks(chunks).await?;
-    for (rows, outcomes) in lines.iter().zip(outcomes) {
+    let submitted = service.submit_chunks(chunks).await;
+    let mut first_unprocessed: Option<u64> = None;
+    let mut write_error = None;
+    for ((_, rows), outcomes) in queues.iter().zip(&submitted.outcomes) {
         for (row, outcome) in rows.iter().zip(outcomes) {
-            match outcome {
-                CommandOutcome::Booked(_) => summary.accepted += 1,
-                CommandOutcome::Duplicate(_) => summary.duplicates += 1,
-                CommandOutcome::Rejected(r) => {
-                    summary.rejected += 1;
-                    let (txn, account) = (row.command.txn_id().as_str(), row.account.as_str());
-                    rejects
-                        .write(row.line, txn, account, "", &r.to_string())
-                        .map_err(IngestError::Rejects)?;
-                }
+            if let Err(e) = count(row, outcome, rejects, summary) {
+                write_error.get_or_insert((row.line, e));
             }
         }
+        for row in &rows[outcomes.len().min(rows.len())..] {
+            summary.unprocessed += 1;
+            first_unprocessed = Some(first_unprocessed.map_or(row.line, |l| l.min(row.line)));
+        }
     }
-    Ok(())
+    if let Some(error) = submitted.error {
+        let line = first_unprocessed.unwrap_or(0);
+        return Err((line, StopCause::Command(error)));
+    }
+    match write_error {
+        Some((line, e)) => Err((line, StopCause::Rejects(e))),
+        None => Ok(()),
+    }
+}
+
+/// Counts one row's outcome, and writes it to the rejects sink unless it was booked.
+fn count<W: Write>(
+    row: &Row,
+    outcome: &CommandOutcome,
+    rejects: &mut Rejects<W>,
+    summary: &mut IngestSummary,
+) -> std::io::Result<()> {
+    let (txn, account) = (row.command.txn_id().as_str(), row.account.as_str());
+    let (outcome, field, reason) = match outcome {
+        CommandOutcome::Booked(_) => {
+            summary.accepted += 1;
+            return Ok(());
+        }
+        CommandOutcome::Duplicate(_) => {
+            summary.duplicates += 1;
+            return Ok(());
+        }
+        CommandOutcome::Refused(r) => {
+            summary.refused += 1;
+            ("refused", r.field(), r.to_string())
+        }
+        CommandOutcome::ReplayedRefusal(r) => {
+            summary.replayed_refusals += 1;
+            (
+                "replayed_refusal",
+                r.rejection.field(),
+                r.rejection.to_string(),
+            )
+        }
+        CommandOutcome::Reused { field, original } => {
+            summary.reused += 1;
+            let reason = describe_reuse(field, &original.command(), &row.command);
+            ("reused", Some(*field), reason)
+        }
+        CommandOutcome::Invalid(r) => {
+            summary.invalid += 1;
+            ("invalid", r.field(), r.to_string())
+        }
+    };
+    rejects.write(
+        row.line,
+        txn,
+        account,
+        [outcome, field.unwrap_or(""), &reason],
+    )
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use tally::domain::{
-    AccountState, Command, Event, EventKind, Money, Policy, Rejection, Snapshot, Timestamp, TxnId,
-    TxnRecord, apply, decide,
+    AccountState, Command, Entry, Event, EventKind, Money, Policy, Rejection, Snapshot, Timestamp,
+    TxnId, TxnOutcome, apply, decide, record,
 };
 
 use crate::reference::{RefCmd, RefEvent, RefSnapshot};
@@ -100,7 +100,7 @@ pub struct Ledger {
     pub policy: Policy,
     pub state: AccountState,
     pub events: Vec<Event>,
-    pub markers: HashMap<TxnId, TxnRecord>,
+    pub markers: HashMap<TxnId, TxnOutcome>,
     pub snapshot: Snapshot,
 }
 
@@ -113,22 +113,18 @@ impl Ledger {
     }
 
     pub fn decide(&self, cmd: &Command, now: i64) -> Result<Vec<Event>, Rejection> {
-        let target = cmd.reverses().and_then(|t| self.markers.get(t));
-        decide(&self.state, cmd, target, ts(now), &self.policy)
+        let target = cmd
+            .reverses()
+            .and_then(|t| self.markers.get(t))
+            .and_then(TxnOutcome::as_target);
+        decide(&self.state, cmd, target.as_ref(), ts(now), &self.policy)
     }
 
-    /// Records events as the event store would: markers for each txn, the reversed flag on
-    /// a reversal's target, the tip, and folds them into the snapshot.
+    /// Records events as the event store would (the domain's marker rule), moves the tip,
+    /// and folds them into the snapshot.
     pub fn commit(&mut self, events: Vec<Event>) {
         for e in events {
-            if let EventKind::Reversed { reverses, .. } = &e.kind {
-                self.markers
-                    .get_mut(reverses)
-                    .expect("target exists")
-                    .reversed = true;
-            }
-            self.markers
-                .insert(e.txn_id.clone(), e.txn_record(false).expect("valid event"));
+            record(&mut self.markers, Entry::Booked(&e)).expect("decided events record");
             self.state = AccountState::after(&e);
             apply(&mut self.snapshot, &e).expect("decided events fold");
             self.events.push(e);

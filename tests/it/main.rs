@@ -14,5 +14,7 @@ mod matrix;
 mod pipeline;
 mod projector;
 mod properties;
+mod races;
 mod reference;
 mod rows;
+mod store_contract;

@@ -15,18 +15,21 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::stored::{
-    decode_marker, decode_snapshot, decode_tip, encode_marker, encode_snapshot, encode_tip,
+    decode_outcome, decode_snapshot, decode_tip, encode_outcome, encode_snapshot, encode_tip,
 };
 use crate::codec::{WirePage, decode_page, encode_page};
-use crate::domain::{AccountId, AccountState, Event, EventKind, Page, Snapshot, TxnId};
+use crate::domain::{
+    AccountId, AccountState, Entry, Event, EventKind, Page, RecordError, Snapshot, TxnId,
+    TxnOutcome, record,
+};
 use crate::ports::{
-    Append, AppendError, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
-    SnapshotStore, StoreError, StoredTxn,
+    Append, AppendError, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError,
+    SnapshotPut, SnapshotStore, StoreError,
 };
 
 /// `event_key(account, first version)` → encoded page.
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `marker_key(account, txn id)` → marker.
+/// `marker_key(account, txn id)` → the txn id's outcome (`codec::stored::encode_outcome`).
 const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
 /// account → version and balance of the newest event.
 const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
@@ -59,6 +62,20 @@ fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(txn.as_bytes());
     k
+}
+
+fn read_outcome(
+    markers: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    account: &AccountId,
+    txn: &TxnId,
+) -> Result<Option<TxnOutcome>, StoreError> {
+    match markers
+        .get(marker_key(account.as_str(), txn.as_str()).as_slice())
+        .map_err(unavailable)?
+    {
+        Some(v) => decode_outcome(txn, v.value()).map(Some).map_err(corrupt),
+        None => Ok(None),
+    }
 }
 
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
@@ -154,6 +171,15 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    /// Makes every earlier commit durable (snapshots are committed without waiting for the
+    /// disk): called on a clean shutdown, so a stopped process leaves no lagging snapshot.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(unavailable)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)
+    }
+
     /// All quarantined records (for `tally` tooling and tests).
     pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
@@ -174,11 +200,12 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// Checks every append against the stored state plus what earlier appends of this call
-    /// staged, then writes all staged entries in key order: sorted inserts keep each B-tree
-    /// leaf copied once per transaction (random-order inserts copied a leaf per insert).
-    fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
-        let run = || -> Result<Vec<Result<(), AppendError>>, StoreError> {
+    /// Writes every account's pages in one durable write transaction. Each page is checked
+    /// against the stored state plus what earlier pages of this call staged; an account stops
+    /// at its first failing page. Staged entries are written in key order: sorted inserts keep
+    /// each B-tree leaf copied once per transaction.
+    fn append_sync(&self, appends: &[Append]) -> Vec<Appended> {
+        let run = || -> Result<Vec<Appended>, StoreError> {
             let mut tx = self.db.begin_write().map_err(unavailable)?;
             tx.set_durability(Durability::Immediate)
                 .map_err(unavailable)?;
@@ -187,21 +214,18 @@ impl EmbeddedStore {
                 let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
                 let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
                 let mut staged = Staged::default();
-                let results: Vec<Result<(), AppendError>> = appends
+                let results: Vec<Appended> = appends
                     .iter()
-                    .map(|append| {
-                        check_append(append, &markers, &tips, &staged)
-                            .and_then(|w| staged.add(append, w))
-                    })
+                    .map(|a| append_account(a, &events, &markers, &tips, &mut staged))
                     .collect();
                 for (k, v) in &staged.events {
                     events
                         .insert(k.as_slice(), v.as_slice())
                         .map_err(unavailable)?;
                 }
-                for (k, m) in &staged.markers {
+                for (k, o) in &staged.markers {
                     markers
-                        .insert(k.as_slice(), encode_marker(m).as_slice())
+                        .insert(k.as_slice(), encode_outcome(o).as_slice())
                         .map_err(unavailable)?;
                 }
                 for (k, t) in &staged.tips {
@@ -213,105 +237,205 @@ impl EmbeddedStore {
             tx.commit().map_err(unavailable)?;
             Ok(results)
         };
-        match run() {
-            Ok(results) => results,
-            Err(e) => appends
-                .iter()
-                .map(|_| Err(AppendError::Store(e.clone())))
-                .collect(),
-        }
+        run().unwrap_or_else(|e| failed_all(appends.len(), &e))
     }
+}
+
+/// One failure per append: what a backend error that touched every account reports.
+fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
+    (0..n)
+        .map(|_| Appended::failed(AppendError::Store(e.clone())))
+        .collect()
 }
 
 /// Writes of one `append` call, not yet in the tables, sorted by key.
 #[derive(Default)]
 struct Staged {
     events: BTreeMap<Vec<u8>, Vec<u8>>,
-    markers: BTreeMap<Vec<u8>, StoredTxn>,
+    markers: BTreeMap<Vec<u8>, TxnOutcome>,
     tips: BTreeMap<String, AccountState>,
 }
 
-impl Staged {
-    fn add(&mut self, append: &Append, marker_writes: MarkerWrites) -> Result<(), AppendError> {
-        let account = append.account.as_str();
-        let page = Page::new(append.account.clone(), append.events.clone()).map_err(corrupt)?;
-        let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
-        self.events
-            .insert(event_key(account, page.first_version()), bytes.to_vec());
-        for (txn, marker) in marker_writes {
-            self.markers.insert(marker_key(account, &txn), marker);
+type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
+
+/// One account's pages, in order, stopping at the first that fails.
+fn append_account(
+    append: &Append,
+    events: &Table<&'static [u8]>,
+    markers: &Table<&'static [u8]>,
+    tips: &Table<&'static str>,
+    staged: &mut Staged,
+) -> Appended {
+    let account = append.account.as_str();
+    let mut expected = append.expected_version;
+    for (i, page) in append.pages.iter().enumerate() {
+        let bytes = match encoded_page(&append.account, page) {
+            Ok(b) => b,
+            Err(e) => return stopped(i, e.into()),
+        };
+        let outcome = check_page(account, expected, page, markers, tips, staged)
+            .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
+        match outcome {
+            Ok(()) => {}
+            // A page that was written before (a retry after a timeout) succeeds again.
+            Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
+                if already_written(account, page, bytes.as_deref(), events, markers)
+                    .unwrap_or(false) => {}
+            Err(e) => return stopped(i, e),
         }
-        let last = &append.events[append.events.len() - 1];
-        self.tips
-            .insert(account.to_owned(), AccountState::after(last));
-        Ok(())
+        if let Some(last) = page.events.last() {
+            expected = last.version;
+        }
+    }
+    Appended {
+        pages: append.pages.len(),
+        error: None,
     }
 }
 
-/// Marker writes an append will make once its conditions hold.
-type MarkerWrites = Vec<(String, StoredTxn)>;
+fn stopped(pages: usize, error: AppendError) -> Appended {
+    Appended {
+        pages,
+        error: Some(error),
+    }
+}
 
-/// Checks every condition of one append without writing anything.
-fn check_append(
-    append: &Append,
-    markers: &redb::Table<&[u8], &[u8]>,
-    tips: &redb::Table<&str, &[u8]>,
+/// The stored bytes of a page's events (`None` for a page of refusals only).
+fn encoded_page(account: &AccountId, page: &PageWrite) -> Result<Option<Vec<u8>>, StoreError> {
+    if page.events.is_empty() {
+        return Ok(None);
+    }
+    let page = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
+    Ok(Some(
+        encode_page(&WirePage::from_page(&page))
+            .map_err(corrupt)?
+            .to_vec(),
+    ))
+}
+
+/// Checks one page's conditions against stored plus staged state; returns the outcome
+/// writes it makes (the marker rule of `domain::record`), writing nothing.
+fn check_page(
+    account: &str,
+    expected: u64,
+    page: &PageWrite,
+    markers: &Table<&'static [u8]>,
+    tips: &Table<&'static str>,
     staged: &Staged,
-) -> Result<MarkerWrites, AppendError> {
-    let account = append.account.as_str();
-    let current = match staged.tips.get(account) {
-        Some(t) => t.version,
-        None => match tips.get(account).map_err(unavailable)? {
-            Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
-            None => 0,
-        },
-    };
-    if current != append.expected_version {
-        return Err(AppendError::Conflict { current });
-    }
-    let mut pending: HashMap<&str, StoredTxn> = HashMap::new();
-    let lookup =
-        |txn: &str, pending: &HashMap<&str, StoredTxn>| -> Result<Option<StoredTxn>, AppendError> {
-            if let Some(m) = pending.get(txn) {
-                return Ok(Some(*m));
-            }
-            let key = marker_key(account, txn);
-            if let Some(m) = staged.markers.get(&key) {
-                return Ok(Some(*m));
-            }
-            match markers.get(key.as_slice()).map_err(unavailable)? {
-                Some(v) => Ok(Some(decode_marker(v.value()).map_err(corrupt)?)),
-                None => Ok(None),
-            }
-        };
-    for event in &append.events {
-        if lookup(event.txn_id.as_str(), &pending)?.is_some() {
-            return Err(AppendError::DuplicateTxn(event.txn_id.clone()));
-        }
-        if let EventKind::Reversed { reverses, .. } = &event.kind {
-            let mut target = lookup(reverses.as_str(), &pending)?
-                .ok_or_else(|| AppendError::TargetReversed(reverses.clone()))?;
-            if target.record.reversed {
-                return Err(AppendError::TargetReversed(reverses.clone()));
-            }
-            target.record.reversed = true;
-            pending.insert(reverses.as_str(), target);
-        }
-        let record = event
-            .txn_record(false)
-            .ok_or_else(|| corrupt("event with an impossible delta"))?;
-        pending.insert(
-            event.txn_id.as_str(),
-            StoredTxn {
-                version: event.version,
-                record,
+) -> Result<HashMap<TxnId, TxnOutcome>, AppendError> {
+    if !page.events.is_empty() {
+        let current = match staged.tips.get(account) {
+            Some(t) => t.version,
+            None => match tips.get(account).map_err(unavailable)? {
+                Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
+                None => 0,
             },
-        );
+        };
+        if current != expected {
+            return Err(AppendError::Conflict { current });
+        }
     }
-    Ok(pending
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect())
+    let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
+    for txn in touched(page) {
+        if let Some(o) = stored_outcome(account, txn, markers, staged)? {
+            view.insert(txn.clone(), o);
+        }
+    }
+    for event in &page.events {
+        record(&mut view, Entry::Booked(event)).map_err(append_error)?;
+    }
+    for refusal in &page.refusals {
+        record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
+    }
+    Ok(view)
+}
+
+/// Every txn id a page's recording reads or writes.
+fn touched(page: &PageWrite) -> impl Iterator<Item = &TxnId> {
+    page.events
+        .iter()
+        .flat_map(|e| {
+            let target = match &e.kind {
+                EventKind::Reversed { reverses, .. } => Some(reverses),
+                _ => None,
+            };
+            std::iter::once(&e.txn_id).chain(target)
+        })
+        .chain(page.refusals.iter().map(|r| r.command.txn_id()))
+}
+
+fn append_error(e: RecordError) -> AppendError {
+    match e {
+        RecordError::Taken(t) => AppendError::DuplicateTxn(t),
+        RecordError::TargetNotLive(t) => AppendError::TargetReversed(t),
+    }
+}
+
+fn stored_outcome(
+    account: &str,
+    txn: &TxnId,
+    markers: &Table<&'static [u8]>,
+    staged: &Staged,
+) -> Result<Option<TxnOutcome>, StoreError> {
+    let key = marker_key(account, txn.as_str());
+    if let Some(o) = staged.markers.get(&key) {
+        return Ok(Some(o.clone()));
+    }
+    match markers.get(key.as_slice()).map_err(unavailable)? {
+        Some(v) => Ok(Some(decode_outcome(txn, v.value()).map_err(corrupt)?)),
+        None => Ok(None),
+    }
+}
+
+fn stage(
+    account: &str,
+    page: &PageWrite,
+    bytes: Option<&[u8]>,
+    writes: HashMap<TxnId, TxnOutcome>,
+    staged: &mut Staged,
+) {
+    if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
+    {
+        staged
+            .events
+            .insert(event_key(account, first.version), bytes.to_vec());
+        staged
+            .tips
+            .insert(account.to_owned(), AccountState::after(last));
+    }
+    for (txn, outcome) in writes {
+        staged
+            .markers
+            .insert(marker_key(account, txn.as_str()), outcome);
+    }
+}
+
+/// Whether this exact page is already stored (its events' bytes at their key, and each
+/// refusal as recorded): then a retry of it succeeds without writing.
+fn already_written(
+    account: &str,
+    page: &PageWrite,
+    bytes: Option<&[u8]>,
+    events: &Table<&'static [u8]>,
+    markers: &Table<&'static [u8]>,
+) -> Result<bool, StoreError> {
+    if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
+        match events
+            .get(event_key(account, first.version).as_slice())
+            .map_err(unavailable)?
+        {
+            Some(stored) if stored.value() == bytes => {}
+            _ => return Ok(false),
+        }
+    }
+    let staged = Staged::default();
+    for r in &page.refusals {
+        let stored = stored_outcome(account, r.command.txn_id(), markers, &staged)?;
+        if stored.as_ref() != Some(&TxnOutcome::Refused(r.clone())) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 impl EventStore for EmbeddedStore {
@@ -323,53 +447,44 @@ impl EventStore for EmbeddedStore {
         &self,
         account: &AccountId,
         txns: &[TxnId],
-    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+    ) -> Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let tips = tx.open_table(TIPS).map_err(unavailable)?;
         let tip = match tips.get(account.as_str()).map_err(unavailable)? {
             Some(v) => decode_tip(v.value()).map_err(corrupt)?,
             None => AccountState::default(),
         };
-        if tip.version == 0 {
-            return Ok((tip, vec![None; txns.len()]));
-        }
+        // Even an account with no events may have refused txn ids: always look.
         let markers = tx.open_table(MARKERS).map_err(unavailable)?;
         let found = txns
             .iter()
-            .map(|t| {
-                match markers
-                    .get(marker_key(account.as_str(), t.as_str()).as_slice())
-                    .map_err(unavailable)?
-                {
-                    Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
-                    None => Ok(None),
-                }
-            })
+            .map(|t| read_outcome(&markers, account, t))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((tip, found))
     }
 
-    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+    async fn txn(
+        &self,
+        account: &AccountId,
+        txn: &TxnId,
+    ) -> Result<Option<TxnOutcome>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        match markers
-            .get(marker_key(account.as_str(), txn.as_str()).as_slice())
-            .map_err(unavailable)?
-        {
-            Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
-            None => Ok(None),
-        }
+        read_outcome(&markers, account, txn)
     }
 
-    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+    async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
         if appends.is_empty() {
             return Vec::new();
         }
         let store = self.clone();
+        let n = appends.len();
         // The commit waits for fsync: keep it off the async worker threads.
-        match tokio::task::spawn_blocking(move || store.append_sync(appends)).await {
+        match tokio::task::spawn_blocking(move || store.append_sync(&appends)).await {
             Ok(results) => results,
-            Err(e) => vec![Err(AppendError::Store(unavailable(e)))],
+            // The closure panicked or was cancelled: nothing is known to be written, and
+            // every account gets its own answer.
+            Err(e) => failed_all(n, &unavailable(e)),
         }
     }
 
