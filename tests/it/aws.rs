@@ -401,6 +401,59 @@ async fn kinesis(test: &str, shards: i32) -> Option<(aws_sdk_kinesis::Client, St
     panic!("stream {stream} never became ACTIVE");
 }
 
+/// Issue 10's first repro on DynamoDB: a generated file (bounced withdrawals, reversals of
+/// unknown targets, exact duplicates) ingested twice. The second run books nothing and
+/// changes no event and no snapshot: every row is a duplicate, a replayed refusal, a reused
+/// id or invalid, as the first run counted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_file_ingested_twice_on_dynamodb_changes_nothing() {
+    let Some(store) = store("twice").await else {
+        return;
+    };
+    let mut csv = Vec::new();
+    tally::workload::generate(
+        tally::workload::GenSpec {
+            accounts: 40,
+            transactions: 1_500,
+            zipf: Some(1.0),
+            seed: 11,
+        },
+        &mut csv,
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        1_000,
+        metrics.clone(),
+    ));
+    let stream = EmbeddedStream::new(2, metrics.clone());
+    let consumers = spawn_consumers(stream.clone(), projector, Mapping::default());
+    let commands = CommandService::new(store.clone(), stream, Policy::default(), 64, Arc::new(at));
+    let run = || async {
+        let rows = RowReader::new(csv.as_slice(), Format::Csv).unwrap();
+        let mut rejects = Rejects::new(Vec::new()).unwrap();
+        let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
+        consumers.drain().await;
+        s
+    };
+    let first = run().await;
+    assert!(first.refused > 0 && first.duplicates > 0, "{first:?}");
+    let before = crate::pipeline::everything(&store).await;
+    let second = run().await;
+    assert_eq!(crate::pipeline::everything(&store).await, before);
+    assert_eq!((second.accepted, second.refused), (0, 0));
+    assert_eq!(second.duplicates, first.accepted + first.duplicates);
+    assert_eq!(
+        second.replayed_refusals,
+        first.refused + first.replayed_refusals
+    );
+    assert!(audit::verify(&store, &store).await.unwrap().is_clean());
+    consumers.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_published_to_kinesis_arrive_whole_with_each_key_on_one_shard_in_order() {
     use tally::adapters::aws::kinesis::KinesisPublisher;

@@ -165,7 +165,7 @@ async fn the_example_file_ingests_to_the_oracles_balances_and_twice_changes_noth
     );
     // The same file again books nothing: booked ids are duplicates, and the bounced
     // withdrawal is not decided again (it would fit the balance now): its refusal is replayed.
-    let before = everything(&app).await;
+    let before = everything(&app.store).await;
     let second = ingest_text(&app, csv).await;
     assert_eq!(
         (
@@ -176,17 +176,21 @@ async fn the_example_file_ingests_to_the_oracles_balances_and_twice_changes_noth
         ),
         (0, 14, 0, 1)
     );
-    assert_eq!(everything(&app).await, before, "nothing changed");
+    assert_eq!(everything(&app.store).await, before, "nothing changed");
     app.shutdown().await;
 }
 
 /// Every account's events and snapshot, to compare before and after.
-async fn everything(app: &Embedded) -> Vec<(String, Vec<tally::domain::Event>, Option<Snapshot>)> {
-    use tally::ports::{EventStore, SnapshotStore};
+pub(crate) async fn everything<S>(
+    store: &S,
+) -> Vec<(String, Vec<tally::domain::Event>, Option<Snapshot>)>
+where
+    S: tally::ports::EventStore + tally::ports::SnapshotStore,
+{
     let mut out = Vec::new();
-    for (account, newest) in app.store.accounts(None, 100_000).await.unwrap() {
-        let events = app.store.read(&account, 1, newest).await.unwrap();
-        let snapshot = app.store.get(account.as_str()).await.unwrap();
+    for (account, newest) in store.accounts(None, 100_000).await.unwrap() {
+        let events = store.read(&account, 1, newest).await.unwrap();
+        let snapshot = store.get(account.as_str()).await.unwrap();
         out.push((account.to_string(), events, snapshot));
     }
     out
@@ -219,9 +223,9 @@ async fn a_generated_zipf_workload_matches_the_oracle_and_ingesting_it_again_cha
     assert_matches_oracle(&app, &csv).await;
     // The commonest accident with bulk files: running the job again. A no-op, every row
     // answered with its first outcome.
-    let before = everything(&app).await;
+    let before = everything(&app.store).await;
     let again = ingest_text(&app, &csv).await;
-    assert_eq!(everything(&app).await, before, "nothing changed");
+    assert_eq!(everything(&app.store).await, before, "nothing changed");
     assert_eq!(
         (again.accepted, again.refused, again.rows),
         (0, 0, accounted(&again))

@@ -189,3 +189,97 @@ impl RefLedger {
         }
     }
 }
+
+/// What the reference answers for one submission, remembering every txn id's first outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefOutcome {
+    Booked(RefEvent),
+    /// Refused by the rules (tag); remembered.
+    Refused(&'static str),
+    /// Refused as invalid input (tag); not remembered.
+    Invalid(&'static str),
+    Duplicate(RefEvent),
+    ReplayedRefusal(&'static str),
+    /// The id is remembered for another request; the first field that differs.
+    Reused(&'static str),
+}
+
+/// A reference ledger that also keeps each txn id's first outcome forever.
+#[derive(Debug, Clone, Default)]
+pub struct RefBook {
+    pub ledger: RefLedger,
+    /// txn id → the command it answered, and the outcome (event, or refusal tag).
+    pub outcomes: std::collections::HashMap<String, (RefCmd, Result<RefEvent, &'static str>)>,
+}
+
+fn ref_txn(c: &RefCmd) -> &str {
+    match c {
+        RefCmd::Deposit { txn, .. }
+        | RefCmd::Withdraw { txn, .. }
+        | RefCmd::Reverse { txn, .. } => txn,
+    }
+}
+
+/// The first field in which two requests differ: kind, amount, reverses, occurred_at.
+fn first_difference(a: &RefCmd, b: &RefCmd) -> Option<&'static str> {
+    use RefCmd::*;
+    let kind = |c: &RefCmd| match c {
+        Deposit { .. } => 0,
+        Withdraw { .. } => 1,
+        Reverse { .. } => 2,
+    };
+    let amount = |c: &RefCmd| match c {
+        Deposit { amount, .. } | Withdraw { amount, .. } => Some(*amount),
+        Reverse { .. } => None,
+    };
+    let target = |c: &RefCmd| match c {
+        Reverse { target, .. } => Some(target.clone()),
+        _ => None,
+    };
+    let at = |c: &RefCmd| match c {
+        Deposit { at, .. } | Withdraw { at, .. } | Reverse { at, .. } => *at,
+    };
+    if kind(a) != kind(b) {
+        Some("kind")
+    } else if amount(a) != amount(b) {
+        Some("amount")
+    } else if target(a) != target(b) {
+        Some("reverses")
+    } else if at(a) != at(b) {
+        Some("occurred_at")
+    } else {
+        None
+    }
+}
+
+impl RefBook {
+    pub fn new(amount_max: i64, overdraft: i64) -> RefBook {
+        RefBook {
+            ledger: RefLedger::new(amount_max, overdraft),
+            outcomes: Default::default(),
+        }
+    }
+
+    pub fn submit(&mut self, cmd: &RefCmd, now: i64) -> RefOutcome {
+        let txn = ref_txn(cmd).to_string();
+        if let Some((first, outcome)) = self.outcomes.get(&txn) {
+            return match (first_difference(first, cmd), outcome) {
+                (Some(field), _) => RefOutcome::Reused(field),
+                (None, Ok(e)) => RefOutcome::Duplicate(e.clone()),
+                (None, Err(tag)) => RefOutcome::ReplayedRefusal(tag),
+            };
+        }
+        match self.ledger.decide(cmd, now) {
+            Ok(e) => {
+                self.ledger.events.push(e.clone());
+                self.outcomes.insert(txn, (cmd.clone(), Ok(e.clone())));
+                RefOutcome::Booked(e)
+            }
+            Err("amount_out_of_range") => RefOutcome::Invalid("amount_out_of_range"),
+            Err(tag) => {
+                self.outcomes.insert(txn, (cmd.clone(), Err(tag)));
+                RefOutcome::Refused(tag)
+            }
+        }
+    }
+}
