@@ -459,7 +459,7 @@ async fn cost_of_a_refusal_on_dynamodb() {
             occurred_at: at(),
         }],
     };
-    let mut measure = async |label: &str, chunks: Vec<AccountChunk>, per: u64| {
+    let measure = async |label: &str, chunks: Vec<AccountChunk>, per: u64| {
         let before = (units(&metrics), *model.lock().unwrap());
         let out = service.submit_chunks(chunks).await.into_result().unwrap();
         let after = (units(&metrics), *model.lock().unwrap());
