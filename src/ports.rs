@@ -6,7 +6,9 @@
 
 use std::future::Future;
 
-use crate::domain::{AccountId, AccountState, Event, Refusal, Snapshot, TxnId, TxnOutcome};
+use crate::domain::{
+    AccountId, AccountState, Event, Refusal, Segment, Snapshot, TxnId, TxnOutcome,
+};
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +135,16 @@ pub trait EventStore: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Summaries of the account's complete segments with index `from` or more, in index
+    /// order, at most `limit` (see `domain::segment`). A summary may be missing (a backend
+    /// that writes them after the events, best effort): callers read the events instead.
+    fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Segment>, StoreError>> + Send;
 
     /// Every account with its newest version, in account order, starting after `after`,
     /// at most `limit` of them (for catch-up, replay and verify).

@@ -166,6 +166,13 @@ async fn dynamodb_refusals_are_outcomes_even_without_events() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_point_in_time_reads_agree_with_every_event() {
+    if let Some(store) = store("pit").await {
+        store_contract::point_in_time_reads_agree_with_every_event(store).await;
+    }
+}
+
 /// With an operator's TTL, an expired marker DynamoDB has not deleted yet counts as deleted:
 /// the id may be decided again, and the transaction can no longer be reversed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

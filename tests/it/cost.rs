@@ -143,6 +143,16 @@ impl<T: EventStore> EventStore for Meter<T> {
         Ok(events)
     }
 
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<tally::domain::Segment>, StoreError> {
+        self.model.lock().unwrap().read += 1;
+        self.inner.segments(account, from, limit).await
+    }
+
     async fn accounts(
         &self,
         after: Option<&AccountId>,

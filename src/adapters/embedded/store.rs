@@ -15,11 +15,12 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::stored::{
-    decode_outcome, decode_snapshot, decode_tip, encode_outcome, encode_snapshot, encode_tip,
+    decode_outcome, decode_segment, decode_snapshot, decode_tip, encode_outcome, encode_segment,
+    encode_snapshot, encode_tip,
 };
 use crate::codec::{WirePage, decode_page, encode_page};
 use crate::domain::{
-    AccountId, AccountState, Entry, Event, EventKind, Page, RecordError, Snapshot, TxnId,
+    AccountId, AccountState, Entry, Event, EventKind, Page, RecordError, Segment, Snapshot, TxnId,
     TxnOutcome, record,
 };
 use crate::ports::{
@@ -35,6 +36,9 @@ const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
 const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `event_key(account, segment index)` → segment summary (`domain::segment`), written in
+/// the transaction that completes the segment.
+const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
 
@@ -53,6 +57,39 @@ fn key_version(key: &[u8]) -> u64 {
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
         .map_or(0, u64::from_be_bytes)
+}
+
+/// Events `from..=to` of `account`, from any table view (a write transaction sees what it
+/// staged).
+fn read_range(
+    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    account: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Event>, StoreError> {
+    // The page holding `from` starts at or before it.
+    let start = match events
+        .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
+        .map_err(unavailable)?
+        .next_back()
+    {
+        Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for entry in events
+        .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        .map_err(unavailable)?
+    {
+        let (_, bytes) = entry.map_err(unavailable)?;
+        let page = decode_page(bytes.value()).map_err(corrupt)?;
+        out.extend(
+            page.into_events()
+                .into_iter()
+                .filter(|e| e.version >= from && e.version <= to),
+        );
+    }
+    Ok(out)
 }
 
 /// `account NUL txn`.
@@ -130,6 +167,7 @@ impl EmbeddedStore {
         tx.open_table(TIPS).map_err(unavailable)?;
         tx.open_table(SNAPSHOTS).map_err(unavailable)?;
         tx.open_table(QUARANTINE).map_err(unavailable)?;
+        tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -146,27 +184,26 @@ impl EmbeddedStore {
     fn read_sync(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let events = tx.open_table(EVENTS).map_err(unavailable)?;
-        // The page holding `from` starts at or before it.
-        let start = match events
-            .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
-            .map_err(unavailable)?
-            .next_back()
-        {
-            Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
-            None => 0,
-        };
+        read_range(&events, account, from, to)
+    }
+
+    fn segments_sync(
+        &self,
+        account: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(SEGMENTS).map_err(unavailable)?;
         let mut out = Vec::new();
-        for entry in events
-            .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        let range = event_key(account, from).as_slice().to_vec()..=event_key(account, u64::MAX);
+        for entry in table
+            .range(range.start().as_slice()..=range.end().as_slice())
             .map_err(unavailable)?
+            .take(limit)
         {
-            let (_, bytes) = entry.map_err(unavailable)?;
-            let page = decode_page(bytes.value()).map_err(corrupt)?;
-            out.extend(
-                page.into_events()
-                    .into_iter()
-                    .filter(|e| e.version >= from && e.version <= to),
-            );
+            let (k, v) = entry.map_err(unavailable)?;
+            out.push(decode_segment(key_version(k.value()), v.value()).map_err(corrupt)?);
         }
         Ok(out)
     }
@@ -232,6 +269,8 @@ impl EmbeddedStore {
                     tips.insert(k.as_str(), encode_tip(t).as_slice())
                         .map_err(unavailable)?;
                 }
+                let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
+                summarize_completed(&staged, &events, &mut segments)?;
                 results
             };
             tx.commit().map_err(unavailable)?;
@@ -254,6 +293,32 @@ struct Staged {
     events: BTreeMap<Vec<u8>, Vec<u8>>,
     markers: BTreeMap<Vec<u8>, TxnOutcome>,
     tips: BTreeMap<String, AccountState>,
+    /// Each staged account's version before this call.
+    before: BTreeMap<String, u64>,
+}
+
+/// Writes the summary of every segment this call's events completed (the events, staged
+/// ones included, are already in `events`).
+fn summarize_completed(
+    staged: &Staged,
+    events: &Table<&'static [u8]>,
+    segments: &mut Table<&'static [u8]>,
+) -> Result<(), StoreError> {
+    for (account, tip) in &staged.tips {
+        let before = staged.before.get(account).copied().unwrap_or(0);
+        for index in Segment::completed(before, tip.version) {
+            let (first, last) = Segment::versions(index);
+            let summary = Segment::summarize(index, &read_range(events, account, first, last)?)
+                .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
+            segments
+                .insert(
+                    event_key(account, index).as_slice(),
+                    encode_segment(&summary).as_slice(),
+                )
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
@@ -399,6 +464,9 @@ fn stage(
         staged
             .events
             .insert(event_key(account, first.version), bytes.to_vec());
+        if !staged.before.contains_key(account) {
+            staged.before.insert(account.to_owned(), first.version - 1);
+        }
         staged
             .tips
             .insert(account.to_owned(), AccountState::after(last));
@@ -495,6 +563,15 @@ impl EventStore for EmbeddedStore {
         to: u64,
     ) -> Result<Vec<Event>, StoreError> {
         self.read_sync(account.as_str(), from, to)
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        self.segments_sync(account.as_str(), from, limit)
     }
 
     async fn accounts(

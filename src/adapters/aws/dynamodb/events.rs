@@ -1,4 +1,4 @@
-//! The event store on the Events table: pages and txn outcome markers.
+//! The event store on the Events table: pages, txn outcome markers and segment summaries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -15,12 +15,19 @@ use super::{
 use crate::codec::stored::{decode_outcome, encode_outcome};
 use crate::codec::{WirePage, decode_page, encode_page};
 use crate::domain::{
-    AccountId, AccountState, Event, EventKind, Money, Page, Refusal, TxnId, TxnOutcome,
+    AccountId, AccountState, Event, EventKind, Money, Page, Refusal, Segment, Timestamp, TxnId,
+    TxnOutcome,
 };
 use crate::ports::{Append, AppendError, Appended, EventStore, PageWrite, StoreError};
 
 fn page_sk(first_version: u64) -> String {
     format!("v#{first_version:020}")
+}
+
+/// Segment summaries sort before markers and pages (`s#` < `t#` < `v#`): pages must sort
+/// last, as [`DynamoStore::head`] reads the last item of an account.
+fn segment_sk(index: u64) -> String {
+    format!("s#{index:020}")
 }
 
 fn marker_sk(txn: &str) -> String {
@@ -287,24 +294,57 @@ impl DynamoStore {
         Err(AppendError::Store(store_error(&e)))
     }
 
-    /// One account's pages in order, stopping at the first that fails.
+    /// One account's pages in order, stopping at the first that fails; then the summaries
+    /// of the segments its pages completed.
     async fn append_account(&self, a: &Append) -> Appended {
         let mut expected = a.expected_version;
+        let mut result = Appended {
+            pages: a.pages.len(),
+            error: None,
+        };
         for (i, page) in a.pages.iter().enumerate() {
             if let Err(e) = self.append_page(&a.account, expected, page).await {
-                return Appended {
+                result = Appended {
                     pages: i,
                     error: Some(e),
                 };
+                break;
             }
             if let Some(last) = page.events.last() {
                 expected = last.version;
             }
         }
-        Appended {
-            pages: a.pages.len(),
-            error: None,
+        for index in Segment::completed(a.expected_version, expected) {
+            if let Err(e) = self.put_segment(&a.account, index).await {
+                // Best effort: a missing summary only makes point-in-time reads of this
+                // account read the segment's events instead.
+                tracing::warn!(account = %a.account, index, error = %e, "segment summary not written");
+            }
         }
+        result
+    }
+
+    /// Summarizes segment `index` of `account` from its (immutable) events and stores it.
+    async fn put_segment(&self, account: &AccountId, index: u64) -> Result<(), StoreError> {
+        let (first, last) = Segment::versions(index);
+        let events = self.read(account, first, last).await?;
+        let summary = Segment::summarize(index, &events)
+            .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.config.events_table)
+            .item("pk", s(account.as_str()))
+            .item("sk", s(segment_sk(index)))
+            .item("earliest", n(summary.earliest.millis()))
+            .item("latest", n(summary.latest.millis()))
+            .item("net", n(summary.net))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Write, out.consumed_capacity());
+        Ok(())
     }
 
     /// The items of one page's transaction, and what each stands for.
@@ -535,6 +575,48 @@ impl EventStore for DynamoStore {
             .flat_map(Page::into_events)
             .filter(|e| e.version >= from && e.version <= to)
             .collect())
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.config.events_table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+            .expression_attribute_values(":pk", s(account.as_str()))
+            .expression_attribute_values(":a", s(segment_sk(from)))
+            .expression_attribute_values(":b", s(segment_sk(u64::MAX)))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
+        out.items()
+            .iter()
+            .map(|item| {
+                let index = get_s(item, "sk")
+                    .and_then(|k| k.strip_prefix("s#"))
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| corrupt("segment without an index"))?;
+                let time = |name| {
+                    Timestamp::from_millis(get_n(item, name)?)
+                        .ok_or_else(|| corrupt(format!("segment {name} out of range")))
+                };
+                Ok(Segment {
+                    index,
+                    earliest: time("earliest")?,
+                    latest: time("latest")?,
+                    net: get_n(item, "net")?,
+                })
+            })
+            .collect()
     }
 
     async fn accounts(
