@@ -380,7 +380,8 @@ pub async fn point_in_time_reads_agree_with_every_event<S: EventStore + Clone>(s
     let n = 2 * SEGMENT_EVENTS + 300;
     let base = 1_793_523_600_000i64;
     // Mostly in business-time order, every 97th event backdated by a day.
-    let at_of = |v: u64| base + v as i64 * 60_000 - if v % 97 == 0 { 86_400_000 } else { 0 };
+    let at_of =
+        |v: u64| base + v as i64 * 60_000 - if v.is_multiple_of(97) { 86_400_000 } else { 0 };
     let mut events = Vec::new();
     let mut balance = 0;
     for v in 1..=n {

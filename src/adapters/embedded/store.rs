@@ -8,43 +8,40 @@
 //! Events are committed with `Durability::Immediate` (an acknowledged event survives a
 //! crash); snapshots with `Durability::None`, since catch-up rebuilds them from events.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::commit::Committer;
+
+use crate::codec::decode_page;
 use crate::codec::stored::{
-    decode_outcome, decode_segment, decode_snapshot, decode_tip, encode_outcome, encode_segment,
-    encode_snapshot, encode_tip,
+    decode_outcome, decode_segment, decode_snapshot, decode_tip, encode_snapshot,
 };
-use crate::codec::{WirePage, decode_page, encode_page};
-use crate::domain::{
-    AccountId, AccountState, Entry, Event, EventKind, Page, RecordError, Segment, Snapshot, TxnId,
-    TxnOutcome, record,
-};
+use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, AppendError, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError,
-    SnapshotPut, SnapshotStore, StoreError,
+    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    SnapshotStore, StoreError,
 };
 
 /// `event_key(account, first version)` → encoded page.
-const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 /// `marker_key(account, txn id)` → the txn id's outcome (`codec::stored::encode_outcome`).
-const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
+pub(super) const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
 /// account → version and balance of the newest event.
-const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
+pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// `event_key(account, segment index)` → segment summary (`domain::segment`), written in
 /// the transaction that completes the segment.
-const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
+pub(super) const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
 
 /// `account NUL version(big-endian)`: orders by account, then version, and compares as
 /// plain bytes (ids never contain NUL). Tuple keys cost several times more per compare.
-fn event_key(account: &str, version: u64) -> Vec<u8> {
+pub(super) fn event_key(account: &str, version: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + 9);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -52,7 +49,7 @@ fn event_key(account: &str, version: u64) -> Vec<u8> {
     k
 }
 
-fn key_version(key: &[u8]) -> u64 {
+pub(super) fn key_version(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
@@ -61,7 +58,7 @@ fn key_version(key: &[u8]) -> u64 {
 
 /// Events `from..=to` of `account`, from any table view (a write transaction sees what it
 /// staged).
-fn read_range(
+pub(super) fn read_range(
     events: &impl ReadableTable<&'static [u8], &'static [u8]>,
     account: &str,
     from: u64,
@@ -93,7 +90,7 @@ fn read_range(
 }
 
 /// `account NUL txn`.
-fn marker_key(account: &str, txn: &str) -> Vec<u8> {
+pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -118,17 +115,20 @@ fn read_outcome(
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
 const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
-/// The embedded database; cheap to clone (shared handle).
+/// The embedded database; cheap to clone (shared handle). Appends go through one writer
+/// thread that commits concurrent requests together (`commit.rs`).
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    // Dropped first: stops the writer thread, which holds the database too.
+    committer: Arc<Committer>,
     db: Arc<Database>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
@@ -169,7 +169,13 @@ impl EmbeddedStore {
         tx.open_table(QUARANTINE).map_err(unavailable)?;
         tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone())
+            .map_err(|e| unavailable(format_args!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            committer: Arc::new(committer),
+            db,
+        })
     }
 
     fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
@@ -217,6 +223,12 @@ impl EmbeddedStore {
         tx.commit().map_err(unavailable)
     }
 
+    /// (Durable append transactions committed, append requests they carried): what group
+    /// commit saves is the difference.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.committer.counts()
+    }
+
     /// All quarantined records (for `tally` tooling and tests).
     pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
@@ -236,274 +248,6 @@ impl EmbeddedStore {
         }
         Ok(out)
     }
-
-    /// Writes every account's pages in one durable write transaction. Each page is checked
-    /// against the stored state plus what earlier pages of this call staged; an account stops
-    /// at its first failing page. Staged entries are written in key order: sorted inserts keep
-    /// each B-tree leaf copied once per transaction.
-    fn append_sync(&self, appends: &[Append]) -> Vec<Appended> {
-        let run = || -> Result<Vec<Appended>, StoreError> {
-            let mut tx = self.db.begin_write().map_err(unavailable)?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(unavailable)?;
-            let results = {
-                let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
-                let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
-                let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
-                let mut staged = Staged::default();
-                let results: Vec<Appended> = appends
-                    .iter()
-                    .map(|a| append_account(a, &events, &markers, &tips, &mut staged))
-                    .collect();
-                for (k, v) in &staged.events {
-                    events
-                        .insert(k.as_slice(), v.as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, o) in &staged.markers {
-                    markers
-                        .insert(k.as_slice(), encode_outcome(o).as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, t) in &staged.tips {
-                    tips.insert(k.as_str(), encode_tip(t).as_slice())
-                        .map_err(unavailable)?;
-                }
-                let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
-                summarize_completed(&staged, &events, &mut segments)?;
-                results
-            };
-            tx.commit().map_err(unavailable)?;
-            Ok(results)
-        };
-        run().unwrap_or_else(|e| failed_all(appends.len(), &e))
-    }
-}
-
-/// One failure per append: what a backend error that touched every account reports.
-fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
-    (0..n)
-        .map(|_| Appended::failed(AppendError::Store(e.clone())))
-        .collect()
-}
-
-/// Writes of one `append` call, not yet in the tables, sorted by key.
-#[derive(Default)]
-struct Staged {
-    events: BTreeMap<Vec<u8>, Vec<u8>>,
-    markers: BTreeMap<Vec<u8>, TxnOutcome>,
-    tips: BTreeMap<String, AccountState>,
-    /// Each staged account's version before this call.
-    before: BTreeMap<String, u64>,
-}
-
-/// Writes the summary of every segment this call's events completed (the events, staged
-/// ones included, are already in `events`).
-fn summarize_completed(
-    staged: &Staged,
-    events: &Table<&'static [u8]>,
-    segments: &mut Table<&'static [u8]>,
-) -> Result<(), StoreError> {
-    for (account, tip) in &staged.tips {
-        let before = staged.before.get(account).copied().unwrap_or(0);
-        for index in Segment::completed(before, tip.version) {
-            let (first, last) = Segment::versions(index);
-            let summary = Segment::summarize(index, &read_range(events, account, first, last)?)
-                .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
-            segments
-                .insert(
-                    event_key(account, index).as_slice(),
-                    encode_segment(&summary).as_slice(),
-                )
-                .map_err(unavailable)?;
-        }
-    }
-    Ok(())
-}
-
-type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
-
-/// One account's pages, in order, stopping at the first that fails.
-fn append_account(
-    append: &Append,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
-    staged: &mut Staged,
-) -> Appended {
-    let account = append.account.as_str();
-    let mut expected = append.expected_version;
-    for (i, page) in append.pages.iter().enumerate() {
-        let bytes = match encoded_page(&append.account, page) {
-            Ok(b) => b,
-            Err(e) => return stopped(i, e.into()),
-        };
-        let outcome = check_page(account, expected, page, markers, tips, staged)
-            .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
-        match outcome {
-            Ok(()) => {}
-            // A page that was written before (a retry after a timeout) succeeds again.
-            Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
-                if already_written(account, page, bytes.as_deref(), events, markers)
-                    .unwrap_or(false) => {}
-            Err(e) => return stopped(i, e),
-        }
-        if let Some(last) = page.events.last() {
-            expected = last.version;
-        }
-    }
-    Appended {
-        pages: append.pages.len(),
-        error: None,
-    }
-}
-
-fn stopped(pages: usize, error: AppendError) -> Appended {
-    Appended {
-        pages,
-        error: Some(error),
-    }
-}
-
-/// The stored bytes of a page's events (`None` for a page of refusals only).
-fn encoded_page(account: &AccountId, page: &PageWrite) -> Result<Option<Vec<u8>>, StoreError> {
-    if page.events.is_empty() {
-        return Ok(None);
-    }
-    let page = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
-    Ok(Some(
-        encode_page(&WirePage::from_page(&page))
-            .map_err(corrupt)?
-            .to_vec(),
-    ))
-}
-
-/// Checks one page's conditions against stored plus staged state; returns the outcome
-/// writes it makes (the marker rule of `domain::record`), writing nothing.
-fn check_page(
-    account: &str,
-    expected: u64,
-    page: &PageWrite,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
-    staged: &Staged,
-) -> Result<HashMap<TxnId, TxnOutcome>, AppendError> {
-    if !page.events.is_empty() {
-        let current = match staged.tips.get(account) {
-            Some(t) => t.version,
-            None => match tips.get(account).map_err(unavailable)? {
-                Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
-                None => 0,
-            },
-        };
-        if current != expected {
-            return Err(AppendError::Conflict { current });
-        }
-    }
-    let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
-    for txn in touched(page) {
-        if let Some(o) = stored_outcome(account, txn, markers, staged)? {
-            view.insert(txn.clone(), o);
-        }
-    }
-    for event in &page.events {
-        record(&mut view, Entry::Booked(event)).map_err(append_error)?;
-    }
-    for refusal in &page.refusals {
-        record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
-    }
-    Ok(view)
-}
-
-/// Every txn id a page's recording reads or writes.
-fn touched(page: &PageWrite) -> impl Iterator<Item = &TxnId> {
-    page.events
-        .iter()
-        .flat_map(|e| {
-            let target = match &e.kind {
-                EventKind::Reversed { reverses, .. } => Some(reverses),
-                _ => None,
-            };
-            std::iter::once(&e.txn_id).chain(target)
-        })
-        .chain(page.refusals.iter().map(|r| r.command.txn_id()))
-}
-
-fn append_error(e: RecordError) -> AppendError {
-    match e {
-        RecordError::Taken(t) => AppendError::DuplicateTxn(t),
-        RecordError::TargetNotLive(t) => AppendError::TargetReversed(t),
-    }
-}
-
-fn stored_outcome(
-    account: &str,
-    txn: &TxnId,
-    markers: &Table<&'static [u8]>,
-    staged: &Staged,
-) -> Result<Option<TxnOutcome>, StoreError> {
-    let key = marker_key(account, txn.as_str());
-    if let Some(o) = staged.markers.get(&key) {
-        return Ok(Some(o.clone()));
-    }
-    match markers.get(key.as_slice()).map_err(unavailable)? {
-        Some(v) => Ok(Some(decode_outcome(txn, v.value()).map_err(corrupt)?)),
-        None => Ok(None),
-    }
-}
-
-fn stage(
-    account: &str,
-    page: &PageWrite,
-    bytes: Option<&[u8]>,
-    writes: HashMap<TxnId, TxnOutcome>,
-    staged: &mut Staged,
-) {
-    if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
-    {
-        staged
-            .events
-            .insert(event_key(account, first.version), bytes.to_vec());
-        if !staged.before.contains_key(account) {
-            staged.before.insert(account.to_owned(), first.version - 1);
-        }
-        staged
-            .tips
-            .insert(account.to_owned(), AccountState::after(last));
-    }
-    for (txn, outcome) in writes {
-        staged
-            .markers
-            .insert(marker_key(account, txn.as_str()), outcome);
-    }
-}
-
-/// Whether this exact page is already stored (its events' bytes at their key, and each
-/// refusal as recorded): then a retry of it succeeds without writing.
-fn already_written(
-    account: &str,
-    page: &PageWrite,
-    bytes: Option<&[u8]>,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
-) -> Result<bool, StoreError> {
-    if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
-        match events
-            .get(event_key(account, first.version).as_slice())
-            .map_err(unavailable)?
-        {
-            Some(stored) if stored.value() == bytes => {}
-            _ => return Ok(false),
-        }
-    }
-    let staged = Staged::default();
-    for r in &page.refusals {
-        let stored = stored_outcome(account, r.command.txn_id(), markers, &staged)?;
-        if stored.as_ref() != Some(&TxnOutcome::Refused(r.clone())) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 impl EventStore for EmbeddedStore {
@@ -545,15 +289,7 @@ impl EventStore for EmbeddedStore {
         if appends.is_empty() {
             return Vec::new();
         }
-        let store = self.clone();
-        let n = appends.len();
-        // The commit waits for fsync: keep it off the async worker threads.
-        match tokio::task::spawn_blocking(move || store.append_sync(&appends)).await {
-            Ok(results) => results,
-            // The closure panicked or was cancelled: nothing is known to be written, and
-            // every account gets its own answer.
-            Err(e) => failed_all(n, &unavailable(e)),
-        }
+        self.committer.append(appends).await
     }
 
     async fn read(
