@@ -457,3 +457,80 @@ impl tally::ports::SnapshotStore for NoSnapshots {
 async fn embedded_point_in_time_reads_agree_with_every_event() {
     point_in_time_reads_agree_with_every_event(EmbeddedStore::in_memory().unwrap()).await;
 }
+
+/// The embedded store's txn index lives in memory and is rebuilt from the pages, the
+/// refusals and the reversed flags at open: every outcome survives a restart.
+#[tokio::test]
+async fn embedded_outcomes_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tally-reopen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let acct = AccountId::new("re-1").unwrap();
+    {
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let page = PageWrite {
+            events: vec![
+                deposit(1, "d1", 100, 100),
+                deposit(2, "d2", 5, 105),
+                reversal(3, "r1", "d1", -100, 5),
+            ],
+            refusals: vec![refusal("w1", 500, 105, 2)],
+        };
+        assert_eq!(
+            store.append(vec![append(&acct, 0, vec![page])]).await,
+            vec![ok(1)]
+        );
+        assert_eq!(store.indexed_txns(), 4);
+    }
+    let store = EmbeddedStore::open(&dir).unwrap();
+    assert_eq!(store.indexed_txns(), 4);
+    assert_eq!(
+        reversed(store.txn(&acct, &txn("d1")).await.unwrap()),
+        Some(true)
+    );
+    assert_eq!(
+        reversed(store.txn(&acct, &txn("d2")).await.unwrap()),
+        Some(false)
+    );
+    assert_eq!(
+        store.txn(&acct, &txn("w1")).await.unwrap(),
+        Some(TxnOutcome::Refused(refusal("w1", 500, 105, 2)))
+    );
+    assert_eq!(store.txn(&acct, &txn("nope")).await.unwrap(), None);
+    // The restarted store still refuses what the first one recorded.
+    let again = store
+        .append(vec![append(
+            &acct,
+            3,
+            vec![events(vec![reversal(4, "r2", "d1", -100, -95)])],
+        )])
+        .await;
+    assert_eq!(
+        again,
+        vec![stopped(0, AppendError::TargetReversed(txn("d1")))]
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A data dir written by an older layout (a row per booked txn id) is refused by name rather
+/// than read wrongly.
+#[test]
+fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
+    let dir = std::env::temp_dir().join(format!("tally-layout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+            let mut t = tx.open_table(def).unwrap();
+            t.insert(b"a\0\0\0\0\0\0\0\0\x01".as_slice(), b"x".as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(&dir).err().expect("refused");
+    assert!(err.to_string().contains("store layout 1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

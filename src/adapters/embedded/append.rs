@@ -6,15 +6,16 @@
 //! its pages failed, or answer a request with anything but one `Appended` per `Append`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 
 use redb::{Database, Durability, ReadableTable};
 
+use super::index::{Origin, Slot, TxnIndex, lookup};
 use super::store::{
-    EVENTS, MARKERS, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range, unavailable,
+    EVENTS, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range,
+    split_marker_key, unavailable,
 };
-use crate::codec::stored::{
-    decode_outcome, decode_tip, encode_outcome, encode_segment, encode_tip,
-};
+use crate::codec::stored::{decode_tip, encode_outcome, encode_segment, encode_tip};
 use crate::codec::{WirePage, encode_page};
 use crate::domain::{
     AccountId, AccountState, Entry, EventKind, Page, RecordError, Segment, TxnId, TxnOutcome,
@@ -22,54 +23,102 @@ use crate::domain::{
 };
 use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
 
-/// Applies each request's appends, in order, in one durable write transaction; one result
-/// list per request. A backend failure fails every append of every request.
-pub(super) fn append_group(db: &Database, requests: &[&[Append]]) -> Vec<Vec<Appended>> {
-    let run = || -> Result<Vec<Vec<Appended>>, StoreError> {
+/// The tables a group reads and writes, open in one write transaction.
+struct Tables<'t> {
+    events: Table<'t, &'static [u8]>,
+    refusals: Table<'t, &'static [u8]>,
+    tips: Table<'t, &'static str>,
+}
+
+/// Applies each request's appends, in order, in one durable write transaction, then records
+/// the new outcomes in the txn index; one result list per request. A backend failure fails
+/// every append of every request (and leaves the index as it was).
+pub(super) fn append_group(
+    db: &Database,
+    index: &RwLock<TxnIndex>,
+    requests: &[&[Append]],
+) -> Vec<Vec<Appended>> {
+    let run = || -> Result<(Vec<Vec<Appended>>, Staged), StoreError> {
         let mut tx = db.begin_write().map_err(unavailable)?;
         tx.set_durability(Durability::Immediate)
             .map_err(unavailable)?;
-        let results = {
-            let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
-            let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
-            let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
+        let (results, staged) = {
+            let mut t = Tables {
+                events: tx.open_table(EVENTS).map_err(unavailable)?,
+                refusals: tx.open_table(REFUSALS).map_err(unavailable)?,
+                tips: tx.open_table(TIPS).map_err(unavailable)?,
+            };
             let mut staged = Staged::default();
-            let results: Vec<Vec<Appended>> = requests
-                .iter()
-                .map(|appends| {
-                    appends
-                        .iter()
-                        .map(|a| append_account(a, &events, &markers, &tips, &mut staged))
-                        .collect()
-                })
-                .collect();
-            for (k, v) in &staged.events {
-                events
-                    .insert(k.as_slice(), v.as_slice())
-                    .map_err(unavailable)?;
-            }
-            for (k, o) in &staged.markers {
-                markers
-                    .insert(k.as_slice(), encode_outcome(o).as_slice())
-                    .map_err(unavailable)?;
-            }
-            for (k, t) in &staged.tips {
-                tips.insert(k.as_str(), encode_tip(t).as_slice())
-                    .map_err(unavailable)?;
-            }
+            let results: Vec<Vec<Appended>> = {
+                let index = index
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                requests
+                    .iter()
+                    .map(|appends| {
+                        appends
+                            .iter()
+                            .map(|a| append_account(a, &t, &index, &mut staged))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let mut reversed = tx.open_table(REVERSED).map_err(unavailable)?;
             let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
-            summarize_completed(&staged, &events, &mut segments)?;
-            results
+            write_staged(&staged, &mut t, &mut reversed)?;
+            summarize_completed(&staged, &t.events, &mut segments)?;
+            (results, staged)
         };
         tx.commit().map_err(unavailable)?;
-        Ok(results)
+        Ok((results, staged))
     };
-    run().unwrap_or_else(|e| {
-        requests
+    match run() {
+        Ok((results, staged)) => {
+            let mut index = index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            staged.apply(&mut index);
+            results
+        }
+        Err(e) => requests
             .iter()
             .map(|appends| failed_all(appends.len(), &e))
-            .collect()
-    })
+            .collect(),
+    }
+}
+
+/// Inserts the staged rows in key order: pages, refusals, reversed flags, tips.
+fn write_staged(
+    staged: &Staged,
+    t: &mut Tables<'_>,
+    reversed: &mut Table<'_, &'static [u8]>,
+) -> Result<(), StoreError> {
+    for (k, v) in &staged.events {
+        t.events
+            .insert(k.as_slice(), v.as_slice())
+            .map_err(unavailable)?;
+    }
+    for (k, (outcome, origin)) in &staged.markers {
+        match outcome {
+            TxnOutcome::Refused(_) if *origin == Origin::New => {
+                t.refusals
+                    .insert(k.as_slice(), encode_outcome(outcome).as_slice())
+                    .map_err(unavailable)?;
+            }
+            TxnOutcome::Booked { reversed: true, .. } => {
+                reversed
+                    .insert(k.as_slice(), [].as_slice())
+                    .map_err(unavailable)?;
+            }
+            _ => {}
+        }
+    }
+    for (k, tip) in &staged.tips {
+        t.tips
+            .insert(k.as_str(), encode_tip(tip).as_slice())
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// One failure per append: what a backend error that touched every account reports.
@@ -84,10 +133,33 @@ pub(super) fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
 #[derive(Default)]
 struct Staged {
     events: BTreeMap<Vec<u8>, Vec<u8>>,
-    markers: BTreeMap<Vec<u8>, TxnOutcome>,
+    /// `marker_key` → the outcome after this group, and whether the index has the id.
+    markers: BTreeMap<Vec<u8>, (TxnOutcome, Origin)>,
     tips: BTreeMap<String, AccountState>,
     /// Each staged account's version before this call.
     before: BTreeMap<String, u64>,
+}
+
+impl Staged {
+    /// After the commit: every new outcome into the index, every flipped flag updated.
+    fn apply(&self, index: &mut TxnIndex) {
+        for (key, (outcome, origin)) in &self.markers {
+            let Some((account, txn)) = split_marker_key(key) else {
+                continue; // keys are built from valid ids, which never contain NUL
+            };
+            let slot = match outcome {
+                TxnOutcome::Booked { event, reversed } => Slot::Booked {
+                    version: event.version,
+                    reversed: *reversed,
+                },
+                TxnOutcome::Refused(_) => Slot::Refused,
+            };
+            match origin {
+                Origin::New => index.insert(account, txn, slot),
+                Origin::Indexed { exact } => index.update(account, txn, *exact, slot),
+            }
+        }
+    }
 }
 
 /// Writes the summary of every segment this call's events completed (the events, staged
@@ -119,9 +191,8 @@ type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
 /// One account's pages, in order, stopping at the first that fails.
 fn append_account(
     append: &Append,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
+    t: &Tables<'_>,
+    index: &TxnIndex,
     staged: &mut Staged,
 ) -> Appended {
     let account = append.account.as_str();
@@ -131,14 +202,13 @@ fn append_account(
             Ok(b) => b,
             Err(e) => return stopped(i, e.into()),
         };
-        let outcome = check_page(account, expected, page, markers, tips, staged)
+        let outcome = check_page(account, expected, page, t, index, staged)
             .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
         match outcome {
             Ok(()) => {}
             // A page that was written before (a retry after a timeout) succeeds again.
             Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
-                if already_written(account, page, bytes.as_deref(), events, markers)
-                    .unwrap_or(false) => {}
+                if already_written(account, page, bytes.as_deref(), t, index).unwrap_or(false) => {}
             Err(e) => return stopped(i, e),
         }
         if let Some(last) = page.events.last() {
@@ -172,19 +242,20 @@ fn encoded_page(account: &AccountId, page: &PageWrite) -> Result<Option<Vec<u8>>
 }
 
 /// Checks one page's conditions against stored plus staged state; returns the outcome
-/// writes it makes (the marker rule of `domain::record`), writing nothing.
+/// writes it makes (the marker rule of `domain::record`) with where each id was found,
+/// writing nothing.
 fn check_page(
     account: &str,
     expected: u64,
     page: &PageWrite,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
+    t: &Tables<'_>,
+    index: &TxnIndex,
     staged: &Staged,
-) -> Result<HashMap<TxnId, TxnOutcome>, AppendError> {
+) -> Result<Vec<(TxnId, TxnOutcome, Origin)>, AppendError> {
     if !page.events.is_empty() {
         let current = match staged.tips.get(account) {
-            Some(t) => t.version,
-            None => match tips.get(account).map_err(unavailable)? {
+            Some(tip) => tip.version,
+            None => match t.tips.get(account).map_err(unavailable)? {
                 Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
                 None => 0,
             },
@@ -194,9 +265,11 @@ fn check_page(
         }
     }
     let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
+    let mut origins: HashMap<TxnId, Origin> = HashMap::new();
     for txn in touched(page) {
-        if let Some(o) = stored_outcome(account, txn, markers, staged)? {
+        if let Some((o, origin)) = stored_outcome(account, txn, t, index, staged)? {
             view.insert(txn.clone(), o);
+            origins.insert(txn.clone(), origin);
         }
     }
     for event in &page.events {
@@ -205,7 +278,13 @@ fn check_page(
     for refusal in &page.refusals {
         record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
     }
-    Ok(view)
+    Ok(view
+        .into_iter()
+        .map(|(txn, outcome)| {
+            let origin = origins.get(&txn).copied().unwrap_or(Origin::New);
+            (txn, outcome, origin)
+        })
+        .collect())
 }
 
 /// Every txn id a page's recording reads or writes.
@@ -229,27 +308,26 @@ fn append_error(e: RecordError) -> AppendError {
     }
 }
 
+/// An id's outcome as this group sees it: staged by an earlier page of the group, else
+/// committed (the index, confirmed against the tables).
 fn stored_outcome(
     account: &str,
     txn: &TxnId,
-    markers: &Table<&'static [u8]>,
+    t: &Tables<'_>,
+    index: &TxnIndex,
     staged: &Staged,
-) -> Result<Option<TxnOutcome>, StoreError> {
-    let key = marker_key(account, txn.as_str());
-    if let Some(o) = staged.markers.get(&key) {
-        return Ok(Some(o.clone()));
+) -> Result<Option<(TxnOutcome, Origin)>, StoreError> {
+    if let Some((o, origin)) = staged.markers.get(&marker_key(account, txn.as_str())) {
+        return Ok(Some((o.clone(), *origin)));
     }
-    match markers.get(key.as_slice()).map_err(unavailable)? {
-        Some(v) => Ok(Some(decode_outcome(txn, v.value()).map_err(corrupt)?)),
-        None => Ok(None),
-    }
+    lookup(index, &t.events, &t.refusals, account, txn)
 }
 
 fn stage(
     account: &str,
     page: &PageWrite,
     bytes: Option<&[u8]>,
-    writes: HashMap<TxnId, TxnOutcome>,
+    writes: Vec<(TxnId, TxnOutcome, Origin)>,
     staged: &mut Staged,
 ) {
     if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
@@ -264,10 +342,10 @@ fn stage(
             .tips
             .insert(account.to_owned(), AccountState::after(last));
     }
-    for (txn, outcome) in writes {
+    for (txn, outcome, origin) in writes {
         staged
             .markers
-            .insert(marker_key(account, txn.as_str()), outcome);
+            .insert(marker_key(account, txn.as_str()), (outcome, origin));
     }
 }
 
@@ -277,11 +355,12 @@ fn already_written(
     account: &str,
     page: &PageWrite,
     bytes: Option<&[u8]>,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
+    t: &Tables<'_>,
+    index: &TxnIndex,
 ) -> Result<bool, StoreError> {
     if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
-        match events
+        match t
+            .events
             .get(event_key(account, first.version).as_slice())
             .map_err(unavailable)?
         {
@@ -289,10 +368,9 @@ fn already_written(
             _ => return Ok(false),
         }
     }
-    let staged = Staged::default();
     for r in &page.refusals {
-        let stored = stored_outcome(account, r.command.txn_id(), markers, &staged)?;
-        if stored.as_ref() != Some(&TxnOutcome::Refused(r.clone())) {
+        let stored = lookup(index, &t.events, &t.refusals, account, r.command.txn_id())?;
+        if stored.map(|(o, _)| o) != Some(TxnOutcome::Refused(r.clone())) {
             return Ok(false);
         }
     }

@@ -6,15 +6,16 @@
 //!
 //! Must never: answer a request before its transaction is durable, or reorder requests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use redb::Database;
 use tokio::sync::oneshot;
 
 use super::append::{append_group, failed_all};
+use super::index::TxnIndex;
 use crate::ports::{Append, Appended, StoreError};
 
 /// Most requests applied in one transaction, and most pages: bounds one commit's memory and
@@ -40,13 +41,13 @@ pub struct Counts {
 }
 
 impl Committer {
-    pub fn start(db: Arc<Database>) -> std::io::Result<Committer> {
+    pub fn start(db: Arc<Database>, index: Arc<RwLock<TxnIndex>>) -> std::io::Result<Committer> {
         let (jobs, rx) = channel();
         let counts = Arc::new(Counts::default());
         let shared = counts.clone();
         let thread = std::thread::Builder::new()
             .name("tally-commit".into())
-            .spawn(move || run(&db, &rx, &shared))?;
+            .spawn(move || run(&db, &index, &rx, &shared))?;
         Ok(Committer {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -87,7 +88,7 @@ impl Drop for Committer {
     }
 }
 
-fn run(db: &Database, rx: &Receiver<Job>, counts: &Counts) {
+fn run(db: &Database, index: &RwLock<TxnIndex>, rx: &Receiver<Job>, counts: &Counts) {
     while let Ok(first) = rx.recv() {
         let mut pages = pages_of(&first.0);
         let mut group = vec![first];
@@ -101,7 +102,7 @@ fn run(db: &Database, rx: &Receiver<Job>, counts: &Counts) {
             }
         }
         let requests: Vec<&[Append]> = group.iter().map(|(a, _)| a.as_slice()).collect();
-        let results = append_group(db, &requests);
+        let results = append_group(db, index, &requests);
         counts.commits.fetch_add(1, Ordering::Relaxed);
         counts
             .requests

@@ -4,6 +4,7 @@
 
 mod append;
 pub mod commit;
+mod index;
 pub mod store;
 pub mod stream;
 

@@ -11,14 +11,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use std::sync::RwLock;
 
 use super::commit::Committer;
+use super::index::{Candidate, Slot, TxnIndex, lookup};
 
 use crate::codec::decode_page;
-use crate::codec::stored::{
-    decode_outcome, decode_segment, decode_snapshot, decode_tip, encode_snapshot,
-};
+use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
 use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
     Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
@@ -27,8 +30,15 @@ use crate::ports::{
 
 /// `event_key(account, first version)` → encoded page.
 pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `marker_key(account, txn id)` → the txn id's outcome (`codec::stored::encode_outcome`).
-pub(super) const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
+/// `marker_key(account, txn id)` → a refused txn id's outcome (`codec::stored::encode_outcome`).
+/// Booked ids need no row: their pages record them (see `index.rs`).
+pub(super) const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
+/// `marker_key(account, txn id)` → empty: booked transactions that have been reversed.
+pub(super) const REVERSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reversed");
+/// "layout" → the store layout version, so an older data dir is refused by name.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The layout this code writes: 2 = pages + refusals + reversed flags, txn index in memory.
+const LAYOUT: u64 = 2;
 /// account → version and balance of the newest event.
 pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
@@ -98,18 +108,69 @@ pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k
 }
 
-fn read_outcome(
-    markers: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    account: &AccountId,
-    txn: &TxnId,
-) -> Result<Option<TxnOutcome>, StoreError> {
-    match markers
-        .get(marker_key(account.as_str(), txn.as_str()).as_slice())
-        .map_err(unavailable)?
-    {
-        Some(v) => decode_outcome(txn, v.value()).map(Some).map_err(corrupt),
-        None => Ok(None),
+/// Splits a `marker_key` back into account and txn id.
+pub(super) fn split_marker_key(key: &[u8]) -> Option<(&str, &str)> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let account = std::str::from_utf8(&key[..nul]).ok()?;
+    let txn = std::str::from_utf8(&key[nul + 1..]).ok()?;
+    Some((account, txn))
+}
+
+fn read_index(index: &RwLock<TxnIndex>) -> std::sync::RwLockReadGuard<'_, TxnIndex> {
+    // The index is only written by the writer thread after a commit, one insert at a time: a
+    // panic there cannot leave an entry half-written.
+    index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Rebuilds the txn index from what is durable: every page's events, then the refusals and
+/// the reversed flags.
+fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let mut index = TxnIndex::default();
+    let events = tx.open_table(EVENTS).map_err(unavailable)?;
+    for entry in events.iter().map_err(unavailable)? {
+        let (key, bytes) = entry.map_err(unavailable)?;
+        let key = key.value();
+        let account = key
+            .len()
+            .checked_sub(9)
+            .and_then(|n| std::str::from_utf8(&key[..n]).ok())
+            .ok_or_else(|| corrupt("page key without an account"))?;
+        for e in decode_page(bytes.value()).map_err(corrupt)?.events() {
+            let slot = Slot::Booked {
+                version: e.version,
+                reversed: false,
+            };
+            index.insert(account, e.txn_id.as_str(), slot);
+        }
     }
+    let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+    for entry in refusals.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) = split_marker_key(key.value()).ok_or_else(|| corrupt("refusal key"))?;
+        index.insert(account, txn, Slot::Refused);
+    }
+    let reversed = tx.open_table(REVERSED).map_err(unavailable)?;
+    for entry in reversed.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) =
+            split_marker_key(key.value()).ok_or_else(|| corrupt("reversed key"))?;
+        // A reversed id is booked, so the index holds it, by full key or by its own hash.
+        if let Some(Candidate {
+            slot: Slot::Booked { version, .. },
+            exact,
+        }) = index.get(account, txn)
+        {
+            let slot = Slot::Booked {
+                version,
+                reversed: true,
+            };
+            index.update(account, txn, exact, slot);
+        }
+    }
+    Ok(index)
 }
 
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
@@ -122,6 +183,7 @@ pub struct EmbeddedStore {
     // Dropped first: stops the writer thread, which holds the database too.
     committer: Arc<Committer>,
     db: Arc<Database>,
+    index: Arc<RwLock<TxnIndex>>,
 }
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -162,20 +224,60 @@ impl EmbeddedStore {
 
     fn init(db: Database) -> Result<EmbeddedStore, StoreError> {
         let tx = db.begin_write().map_err(unavailable)?;
-        tx.open_table(EVENTS).map_err(unavailable)?;
-        tx.open_table(MARKERS).map_err(unavailable)?;
+        {
+            let events = tx.open_table(EVENTS).map_err(unavailable)?;
+            let mut meta = tx.open_table(META).map_err(unavailable)?;
+            let layout = meta.get("layout").map_err(unavailable)?.map(|v| v.value());
+            match layout {
+                Some(LAYOUT) => {}
+                None if events.is_empty().map_err(unavailable)? => {
+                    meta.insert("layout", LAYOUT).map_err(unavailable)?;
+                }
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "this data dir has store layout {}, this tally reads layout {LAYOUT}: \
+                         ingest its files again into a new data dir",
+                        other.unwrap_or(1)
+                    )));
+                }
+            }
+        }
+        tx.open_table(REFUSALS).map_err(unavailable)?;
+        tx.open_table(REVERSED).map_err(unavailable)?;
         tx.open_table(TIPS).map_err(unavailable)?;
         tx.open_table(SNAPSHOTS).map_err(unavailable)?;
         tx.open_table(QUARANTINE).map_err(unavailable)?;
         tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
+        let index = Arc::new(RwLock::new(build_index(&db)?));
         let db = Arc::new(db);
-        let committer = Committer::start(db.clone())
+        let committer = Committer::start(db.clone(), index.clone())
             .map_err(|e| unavailable(format_args!("cannot start the writer thread: {e}")))?;
         Ok(EmbeddedStore {
             committer: Arc::new(committer),
             db,
+            index,
         })
+    }
+
+    /// Txn ids in the in-memory index (what it costs: ~30 bytes each).
+    pub fn indexed_txns(&self) -> usize {
+        read_index(&self.index).len()
+    }
+
+    /// The outcome of `txn`, read consistently with the tip in `tx`.
+    fn outcome_in(
+        &self,
+        tx: &redb::ReadTransaction,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
+        let events = tx.open_table(EVENTS).map_err(unavailable)?;
+        let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+        let index = read_index(&self.index);
+        txns.iter()
+            .map(|t| Ok(lookup(&index, &events, &refusals, account.as_str(), t)?.map(|(o, _)| o)))
+            .collect()
     }
 
     fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
@@ -267,12 +369,7 @@ impl EventStore for EmbeddedStore {
             None => AccountState::default(),
         };
         // Even an account with no events may have refused txn ids: always look.
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        let found = txns
-            .iter()
-            .map(|t| read_outcome(&markers, account, t))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((tip, found))
+        Ok((tip, self.outcome_in(&tx, account, txns)?))
     }
 
     async fn txn(
@@ -281,8 +378,10 @@ impl EventStore for EmbeddedStore {
         txn: &TxnId,
     ) -> Result<Option<TxnOutcome>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        read_outcome(&markers, account, txn)
+        Ok(self
+            .outcome_in(&tx, account, std::slice::from_ref(txn))?
+            .pop()
+            .flatten())
     }
 
     async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
