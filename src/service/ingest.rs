@@ -110,48 +110,101 @@ impl<W: Write> Rejects<W> {
     }
 }
 
+/// One window as the reader thread hands it over: valid rows, invalid rows (in line order),
+/// and whether the input ended with an error that stops reading.
+struct Window {
+    rows: Vec<Row>,
+    invalid: Vec<RowError>,
+    fatal: Option<RowError>,
+}
+
+/// Windows read ahead while the previous one is decided and committed: bounds memory to
+/// this many windows plus the one in flight.
+const WINDOWS_AHEAD_MAX: usize = 1;
+
+/// Reads windows on a thread of its own (parsing overlaps deciding and committing the window
+/// before), until the input ends or the receiver is gone.
+fn read_windows<R: Read>(rows: RowReader<R>, out: tokio::sync::mpsc::Sender<Window>) {
+    let mut window = Window {
+        rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+        invalid: Vec::new(),
+        fatal: None,
+    };
+    for item in rows {
+        match item {
+            Ok(row) => window.rows.push(row),
+            Err(e) if e.fatal => {
+                window.fatal = Some(e);
+                break;
+            }
+            Err(e) => window.invalid.push(e),
+        }
+        if window.rows.len() + window.invalid.len() >= INGEST_WINDOW_ROWS {
+            let next = Window {
+                rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+                invalid: Vec::new(),
+                fatal: None,
+            };
+            if out
+                .blocking_send(std::mem::replace(&mut window, next))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let _ = out.blocking_send(window);
+}
+
 /// Ingests every row of `rows`. `progress` is called with the rows done so far.
-pub async fn ingest<R: Read, S: EventStore, P: EventPublisher, W: Write>(
+pub async fn ingest<R, S, P, W>(
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     mut progress: impl FnMut(u64),
-) -> Result<IngestSummary, IngestError> {
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
     let started = Instant::now();
     let mut summary = IngestSummary::default();
-    let mut window: Vec<Row> = Vec::with_capacity(INGEST_WINDOW_ROWS);
+    let (tx, mut windows) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
+    let reader = std::thread::Builder::new()
+        .name("tally-read".into())
+        .spawn(move || read_windows(rows, tx))
+        .map_err(|e| {
+            IngestError::Input(RowError {
+                line: 0,
+                field: None,
+                message: format!("cannot start the reader thread: {e}"),
+                fatal: true,
+            })
+        })?;
     let mut read_error = None;
-    for item in rows {
-        summary.rows += 1;
-        match item {
-            Ok(row) => window.push(row),
-            Err(e) if e.fatal => {
-                // Not a row: the input cannot be read further. Book what was read, then say
-                // where it stopped.
-                summary.rows -= 1;
-                read_error = Some(e);
-                break;
-            }
-            Err(e) => {
-                summary.invalid += 1;
-                let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
-                if let Err(io) = rejects.write(e.line, "", "", what) {
-                    return Err(stop(summary, started, e.line, StopCause::Rejects(io)));
-                }
+    while let Some(window) = windows.recv().await {
+        summary.rows += (window.rows.len() + window.invalid.len()) as u64;
+        for e in &window.invalid {
+            summary.invalid += 1;
+            let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
+            if let Err(io) = rejects.write(e.line, "", "", what) {
+                return Err(stop(summary, started, e.line, StopCause::Rejects(io)));
             }
         }
-        if window.len() >= INGEST_WINDOW_ROWS {
-            let rows = std::mem::take(&mut window);
-            if let Err((line, cause)) = submit_window(rows, service, rejects, &mut summary).await {
-                return Err(stop(summary, started, line, cause));
-            }
-            progress(summary.rows);
+        if let Err((line, cause)) = submit_window(window.rows, service, rejects, &mut summary).await
+        {
+            return Err(stop(summary, started, line, cause));
+        }
+        progress(summary.rows);
+        if window.fatal.is_some() {
+            read_error = window.fatal;
+            break;
         }
     }
-    if let Err((line, cause)) = submit_window(window, service, rejects, &mut summary).await {
-        return Err(stop(summary, started, line, cause));
-    }
-    progress(summary.rows);
+    drop(windows);
+    let _ = reader.join(); // it has sent its last window, or stops at its next send
     summary.elapsed = started.elapsed();
     match read_error {
         Some(e) => Err(stop(summary, started, e.line, StopCause::Read(e))),

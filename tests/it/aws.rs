@@ -440,7 +440,7 @@ async fn a_generated_file_ingested_twice_on_dynamodb_changes_nothing() {
     let consumers = spawn_consumers(stream.clone(), projector, Mapping::default());
     let commands = CommandService::new(store.clone(), stream, Policy::default(), 64, Arc::new(at));
     let run = || async {
-        let rows = RowReader::new(csv.as_slice(), Format::Csv).unwrap();
+        let rows = RowReader::new(std::io::Cursor::new(csv.clone()), Format::Csv).unwrap();
         let mut rejects = Rejects::new(Vec::new()).unwrap();
         let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
         consumers.drain().await;
