@@ -50,6 +50,31 @@ pub struct PageWrite {
 }
 
 impl PageWrite {
+    /// The shape every store checks before any condition: events with consecutive versions
+    /// continuing `expected`, and at most `PAGE_EVENTS_MAX` entries. A page that fails it is a
+    /// caller's bug, refused as corrupt rather than written as a gap.
+    pub fn check_shape(&self, expected: u64) -> Result<(), StoreError> {
+        use crate::domain::limits::PAGE_EVENTS_MAX;
+        if self.len() > PAGE_EVENTS_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "a page of {} entries exceeds {PAGE_EVENTS_MAX}",
+                self.len()
+            )));
+        }
+        let mut next = expected.checked_add(1);
+        for e in &self.events {
+            if Some(e.version) != next {
+                return Err(StoreError::Corrupt(format!(
+                    "event version {} does not continue version {}",
+                    e.version,
+                    next.map_or(u64::MAX, |n| n - 1)
+                )));
+            }
+            next = e.version.checked_add(1);
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.events.len() + self.refusals.len()
     }

@@ -167,6 +167,13 @@ async fn dynamodb_refusals_are_outcomes_even_without_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_page_that_does_not_continue_its_versions_is_refused() {
+    if let Some(store) = store("shape").await {
+        store_contract::a_page_that_does_not_continue_its_versions_is_refused(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_point_in_time_reads_agree_with_every_event() {
     if let Some(store) = store("pit").await {
         store_contract::point_in_time_reads_agree_with_every_event(store).await;

@@ -534,3 +534,31 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
     assert!(err.to_string().contains("store layout 1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A page that does not continue the account's versions (a caller's bug) is refused as
+/// corrupt, never written as a gap or an overlap.
+pub async fn a_page_that_does_not_continue_its_versions_is_refused<S: EventStore>(store: S) {
+    let acct = AccountId::new("shape-1").unwrap();
+    let gap = events(vec![deposit(2, "g2", 1, 1)]);
+    let skip = events(vec![deposit(1, "s1", 1, 1), deposit(3, "s3", 1, 2)]);
+    for bad in [gap, skip] {
+        let r = store.append(vec![append(&acct, 0, vec![bad])]).await;
+        assert!(
+            matches!(
+                r[0],
+                Appended {
+                    pages: 0,
+                    error: Some(AppendError::Store(tally::ports::StoreError::Corrupt(_)))
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(store.tip(&acct).await.unwrap().version, 0);
+}
+
+#[tokio::test]
+async fn embedded_a_page_that_does_not_continue_its_versions_is_refused() {
+    a_page_that_does_not_continue_its_versions_is_refused(EmbeddedStore::in_memory().unwrap())
+        .await;
+}

@@ -15,11 +15,10 @@ use super::store::{
     EVENTS, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range,
     split_marker_key, unavailable,
 };
+use crate::codec::encode_events;
 use crate::codec::stored::{decode_tip, encode_outcome, encode_segment, encode_tip};
-use crate::codec::{WirePage, encode_page};
 use crate::domain::{
-    AccountId, AccountState, Entry, EventKind, Page, RecordError, Segment, TxnId, TxnOutcome,
-    record,
+    AccountId, AccountState, Entry, EventKind, RecordError, Segment, TxnId, TxnOutcome, record,
 };
 use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
 
@@ -198,7 +197,7 @@ fn append_account(
     let account = append.account.as_str();
     let mut expected = append.expected_version;
     for (i, page) in append.pages.iter().enumerate() {
-        let bytes = match encoded_page(&append.account, page) {
+        let bytes = match encoded_page(&append.account, expected, page) {
             Ok(b) => b,
             Err(e) => return stopped(i, e.into()),
         };
@@ -229,13 +228,17 @@ fn stopped(pages: usize, error: AppendError) -> Appended {
 }
 
 /// The stored bytes of a page's events (`None` for a page of refusals only).
-fn encoded_page(account: &AccountId, page: &PageWrite) -> Result<Option<Vec<u8>>, StoreError> {
+fn encoded_page(
+    account: &AccountId,
+    expected: u64,
+    page: &PageWrite,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    page.check_shape(expected)?;
     if page.events.is_empty() {
         return Ok(None);
     }
-    let page = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
     Ok(Some(
-        encode_page(&WirePage::from_page(&page))
+        encode_events(account, &page.events)
             .map_err(corrupt)?
             .to_vec(),
     ))

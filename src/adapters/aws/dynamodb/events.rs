@@ -13,7 +13,7 @@ use super::{
     store_error,
 };
 use crate::codec::stored::{decode_outcome, encode_outcome};
-use crate::codec::{WirePage, decode_page, encode_page};
+use crate::codec::{decode_page, encode_events};
 use crate::domain::{
     AccountId, AccountState, Event, EventKind, Money, Page, Refusal, Segment, Timestamp, TxnId,
     TxnOutcome,
@@ -243,6 +243,7 @@ impl DynamoStore {
             .first()
             .map(|e| e.recorded_at.millis() / 1000)
             .unwrap_or_else(now_secs);
+        page.check_shape(expected)?;
         if page.events.is_empty() && page.refusals.len() == 1 {
             return self.put_refusal(account, &page.refusals[0], now).await;
         }
@@ -359,8 +360,7 @@ impl DynamoStore {
         let mut items = Vec::new();
         let mut meaning = Vec::new();
         if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
-            let wire = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
-            let bytes = encode_page(&WirePage::from_page(&wire)).map_err(corrupt)?;
+            let bytes = encode_events(account, &page.events).map_err(corrupt)?;
             let put = Put::builder()
                 .table_name(table)
                 .item("pk", s(pk))
