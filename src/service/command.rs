@@ -48,13 +48,11 @@ pub struct AccountChunk {
 }
 
 /// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, … capped at
-/// [`RETRY_DELAY_MS_MAX`].
+/// [`RETRY_DELAY_MS_MAX`]. The jitter comes from [`crate::entropy`], so a simulation
+/// replays it from its seed.
 pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    std::time::Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
+    std::time::Duration::from_micros(crate::entropy::next_u64() % (ceiling * 1_000) + 1)
 }
 
 /// Backend failures worth another attempt: a throttled or unreachable backend may answer

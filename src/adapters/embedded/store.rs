@@ -177,7 +177,8 @@ impl EmbeddedStore {
     /// Checks every append against the stored state plus what earlier appends of this call
     /// staged, then writes all staged entries in key order: sorted inserts keep each B-tree
     /// leaf copied once per transaction (random-order inserts copied a leaf per insert).
-    fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+    /// The simulator calls it directly: `spawn_blocking` would make its runs unreplayable.
+    pub(crate) fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
         let run = || -> Result<Vec<Result<(), AppendError>>, StoreError> {
             let mut tx = self.db.begin_write().map_err(unavailable)?;
             tx.set_durability(Durability::Immediate)
