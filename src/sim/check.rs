@@ -497,11 +497,90 @@ pub fn attribute(breaches: &[ContractBreach], mut found: Vec<Violation>) -> Vec<
     // corrupt one stay behind too.
     let halted = found
         .iter()
-        .any(|v| v.class == Class::KnownAppendAtomicity && v.what.contains("catch-up failed"));
+        .any(|v| v.class == Class::KnownAppendAtomicity && v.what.contains("catch-up"));
     for v in &mut found {
         if halted && v.class == Class::New && v.what.starts_with("after the backstop") {
             v.class = Class::KnownAppendAtomicity;
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Money, Timestamp, TxnId};
+
+    fn stored(events: Vec<Event>) -> Stored {
+        let account = AccountId::new("a0").expect("valid");
+        Stored {
+            events: BTreeMap::from([(account, events)]),
+            drained: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            quarantined: Vec::new(),
+            verify: Ok(VerifyReport::default()),
+        }
+    }
+
+    fn overdraw() -> Event {
+        let at = Timestamp::from_millis(1_767_225_600_000).expect("in range");
+        Event {
+            version: 1,
+            txn_id: TxnId::new("w1").expect("valid"),
+            kind: EventKind::Withdrawn { amount: Money(5) },
+            occurred_at: at,
+            recorded_at: at,
+            balance: Money(-5),
+        }
+    }
+
+    #[test]
+    fn a_stored_event_the_rules_refuse_is_a_violation() {
+        let found = check(
+            Policy::default(),
+            &Observed::default(),
+            &stored(vec![overdraw()]),
+            false,
+        );
+        assert!(
+            found
+                .iter()
+                .any(|v| v.what.contains("the rules refuse it: insufficient_funds")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|v| v.what.contains("after the backstop")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_event_missing_from_the_drained_snapshot_is_a_dropped_group() {
+        let mut observed = Observed::default();
+        observed.acks.versions.insert("a0".into(), 1);
+        let dropped = |o: &Observed| {
+            check(
+                Policy::new(10, 10).expect("valid"),
+                o,
+                &stored(vec![overdraw()]),
+                false,
+            )
+            .into_iter()
+            .find(|v| v.what.contains("dropped without a failure report"))
+            .map(|v| v.class)
+        };
+        assert_eq!(dropped(&observed), Some(Class::New));
+        observed.acks.pressured.insert("a0".into());
+        assert_eq!(dropped(&observed), Some(Class::KnownCacheEviction));
+        let found = check(
+            Policy::new(10, 10).expect("valid"),
+            &observed,
+            &stored(vec![overdraw()]),
+            false,
+        );
+        assert!(
+            found.iter().any(|v| v.what.contains("no client asked")),
+            "{found:#?}"
+        );
+    }
 }

@@ -100,8 +100,23 @@ pub fn backend_of(seed: u64) -> BackendKind {
 
 /// Runs one seed on this thread: a current-thread runtime in paused time.
 pub fn run_seed(seed: u64, options: Options) -> SeedReport {
+    match options.backend.unwrap_or_else(|| backend_of(seed)) {
+        BackendKind::Model => run_on(seed, options, BackendKind::Model, || Ok(Models::default())),
+        BackendKind::Embedded => run_on(seed, options, BackendKind::Embedded, || {
+            Embedded::in_memory().map_err(|e| format!("cannot open the embedded store: {e}"))
+        }),
+    }
+}
+
+/// Runs one seed on the stores `make` opens (tests use it to run a deliberately broken
+/// store and prove the checker notices).
+pub fn run_on<B: Backend>(
+    seed: u64,
+    options: Options,
+    kind: BackendKind,
+    make: impl FnOnce() -> Result<B, String>,
+) -> SeedReport {
     let config = Config::from_seed(seed);
-    let backend = options.backend.unwrap_or_else(|| backend_of(seed));
     crate::entropy::seed_thread(Some(seed));
     runner::capture_panics(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -110,12 +125,9 @@ pub fn run_seed(seed: u64, options: Options) -> SeedReport {
         .build();
     let result = runtime.map_err(|e| e.to_string()).and_then(|rt| {
         let run = std::panic::AssertUnwindSafe(async {
-            match backend {
-                BackendKind::Model => simulate(config.clone(), Models::default(), options).await,
-                BackendKind::Embedded => match Embedded::in_memory() {
-                    Ok(store) => simulate(config.clone(), store, options).await,
-                    Err(e) => Err(format!("cannot open the embedded store: {e}")),
-                },
+            match make() {
+                Ok(backend) => simulate(config.clone(), backend, options).await,
+                Err(e) => Err(e),
             }
         });
         std::panic::catch_unwind(|| rt.block_on(run))
@@ -135,7 +147,7 @@ pub fn run_seed(seed: u64, options: Options) -> SeedReport {
     SeedReport {
         seed,
         config,
-        backend,
+        backend: kind,
         violations: report.violations,
         trace: report.trace,
         commands: report.commands,

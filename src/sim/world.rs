@@ -51,6 +51,7 @@ struct Incarnation<B: Backend> {
 }
 
 /// Everything the checker needs from a finished run.
+#[derive(Default)]
 pub struct Observed {
     pub attempts: Vec<Attempt>,
     pub resubmissions: Vec<(Attempt, Outcome)>,

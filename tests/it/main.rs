@@ -16,3 +16,4 @@ mod projector;
 mod properties;
 mod reference;
 mod rows;
+mod sim;
