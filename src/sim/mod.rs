@@ -238,7 +238,7 @@ async fn read<B: Backend>(
 }
 
 /// Reads every account's events, every snapshot, and runs `verify`.
-pub(crate) async fn read_stores<E: EventStore, S: SnapshotStore>(
+pub async fn read_stores<E: EventStore, S: SnapshotStore>(
     store: &E,
     snapshots: &S,
     quarantined: Vec<crate::ports::Quarantined>,
@@ -275,7 +275,7 @@ pub(crate) async fn read_stores<E: EventStore, S: SnapshotStore>(
 }
 
 /// Every stored snapshot of an account with events or of the workload (`a0`…).
-pub(crate) async fn snapshots_of<E: EventStore, S: SnapshotStore>(
+pub async fn snapshots_of<E: EventStore, S: SnapshotStore>(
     store: &E,
     snapshots: &S,
     accounts: usize,

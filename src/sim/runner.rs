@@ -129,10 +129,18 @@ pub fn reproduce(seed: u64, args: &SimArgs) -> String {
             cmd.push_str(flag);
         }
     }
-    if cfg!(feature = "mutation-month") {
+    let features: Vec<&str> = [
+        (cfg!(feature = "mutation-month"), "mutation-month"),
+        (cfg!(feature = "mutation-overdraft"), "mutation-overdraft"),
+    ]
+    .into_iter()
+    .filter_map(|(on, f)| on.then_some(f))
+    .collect();
+    if !features.is_empty() {
+        let rest = cmd.trim_start_matches("tally ");
         cmd = format!(
-            "cargo run --release --features mutation-month -- {}",
-            &cmd[6..]
+            "cargo run --release --features {} -- {rest}",
+            features.join(",")
         );
     }
     cmd
