@@ -17,12 +17,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use crate::codec::decode_record_pages;
-use crate::domain::{AccountId, Command, Event, EventKind, Policy, Rejection, Snapshot};
+use crate::domain::{AccountId, Command, Event, Policy, Rejection, Snapshot};
 use crate::ports::Quarantined;
 use crate::service::audit::VerifyReport;
-use crate::sim::faults::ContractBreach;
 use crate::sim::history::{Attempt, Class, Outcome, Violation};
-use crate::sim::reference::{RefCmd, RefEvent, RefLedger, RefSnapshot};
+use crate::sim::reference::RefLedger;
+use crate::sim::views::{ref_cmd, same_content};
+pub use crate::sim::views::{ref_event, ref_snapshot};
 use crate::sim::world::Observed;
 
 /// What the stores held at the end.
@@ -33,93 +34,6 @@ pub struct Stored {
     pub snapshots: BTreeMap<String, Snapshot>,
     pub quarantined: Vec<Quarantined>,
     pub verify: Result<VerifyReport, String>,
-}
-
-/// The reference view of a production event.
-pub fn ref_event(e: &Event) -> RefEvent {
-    let (kind, target) = match &e.kind {
-        EventKind::Deposited { .. } => ("deposit", None),
-        EventKind::Withdrawn { .. } => ("withdrawal", None),
-        EventKind::Reversed { reverses, .. } => ("reversal", Some(reverses.to_string())),
-    };
-    RefEvent {
-        txn: e.txn_id.to_string(),
-        kind,
-        target,
-        delta: e.kind.delta().map_or(0, |d| d.minor()),
-        at: e.occurred_at.millis(),
-        recorded: e.recorded_at.millis(),
-    }
-}
-
-/// The reference view of a production snapshot.
-pub fn ref_snapshot(s: &Snapshot) -> RefSnapshot {
-    RefSnapshot {
-        version: s.version,
-        balance: i128::from(s.balance.minor()),
-        month: s.month.map(|m| (m.year() as i32, m.month() as u8)),
-        month_balance: s.month_balance,
-        credit_total: s.credit_total as i128,
-        credit_count: s.credit_count,
-        debit_total: s.debit_total as i128,
-        debit_count: s.debit_count,
-        last_occurred_at: s.last_occurred_at.map(|t| t.millis()),
-        updated_at: s.updated_at.map(|t| t.millis()),
-    }
-}
-
-/// The command an event books, as the reference model takes it.
-fn ref_cmd(e: &Event) -> RefCmd {
-    let (txn, at) = (e.txn_id.to_string(), e.occurred_at.millis());
-    match &e.kind {
-        EventKind::Deposited { amount } => RefCmd::Deposit {
-            txn,
-            amount: amount.minor(),
-            at,
-        },
-        EventKind::Withdrawn { amount } => RefCmd::Withdraw {
-            txn,
-            amount: amount.minor(),
-            at,
-        },
-        EventKind::Reversed { reverses, .. } => RefCmd::Reverse {
-            txn,
-            target: reverses.to_string(),
-            at,
-        },
-    }
-}
-
-/// Whether `e` books exactly what `c` asked for.
-fn same_content(c: &Command, e: &Event) -> bool {
-    let content = match (c, &e.kind) {
-        (
-            Command::Deposit {
-                amount,
-                occurred_at,
-                ..
-            },
-            EventKind::Deposited { amount: a },
-        )
-        | (
-            Command::Withdraw {
-                amount,
-                occurred_at,
-                ..
-            },
-            EventKind::Withdrawn { amount: a },
-        ) => amount == a && *occurred_at == e.occurred_at,
-        (
-            Command::Reverse {
-                reverses,
-                occurred_at,
-                ..
-            },
-            EventKind::Reversed { reverses: r, .. },
-        ) => reverses == r && *occurred_at == e.occurred_at,
-        _ => false,
-    };
-    content && c.txn_id() == &e.txn_id
 }
 
 /// The checker's verdict on one run (violations not yet attributed).
@@ -491,51 +405,10 @@ fn metrics(observed: &Observed, stored: &Stored, out: &mut Vec<Violation>) {
     }
 }
 
-/// Port breaches become violations; whatever happened to an account whose append broke
-/// atomicity is that known defect's doing.
-pub fn attribute(breaches: &[ContractBreach], mut found: Vec<Violation>) -> Vec<Violation> {
-    let broken: HashSet<&str> = breaches
-        .iter()
-        .filter(|b| b.what.contains("all-or-nothing"))
-        .map(|b| b.account.as_str())
-        .collect();
-    for b in breaches {
-        let v = Violation::new(Some(b.account.as_str()), b.what.clone());
-        found.push(if broken.contains(b.account.as_str()) {
-            v.class(Class::KnownAppendAtomicity)
-        } else {
-            v
-        });
-    }
-    for v in &mut found {
-        // A page written after a failed one was never counted or answered as booked.
-        let uncounted = !broken.is_empty() && v.what.starts_with("events_appended");
-        let named = v.account.as_deref().is_some_and(|a| broken.contains(a))
-            || broken
-                .iter()
-                .any(|a| v.what.contains(&format!("events of {a} ")))
-            || uncounted;
-        if named && v.class == Class::New {
-            v.class = Class::KnownAppendAtomicity;
-        }
-    }
-    // A catch-up stops at the first account it cannot fold, so the accounts after a
-    // corrupt one stay behind too.
-    let halted = found
-        .iter()
-        .any(|v| v.class == Class::KnownAppendAtomicity && v.what.contains("catch-up"));
-    for v in &mut found {
-        if halted && v.class == Class::New && v.what.starts_with("after the backstop") {
-            v.class = Class::KnownAppendAtomicity;
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Money, Timestamp, TxnId};
+    use crate::domain::{EventKind, Money, Timestamp, TxnId};
 
     fn stored(events: Vec<Event>) -> Stored {
         let account = AccountId::new("a0").expect("valid");

@@ -238,25 +238,7 @@ impl<T: EventStore> EventStore for Faulty<T> {
             format!("append {}", pages.join(" "))
         });
         self.chaos.pause().await;
-        let mut failed: Vec<&AccountId> = Vec::new();
-        let mut plans = Vec::with_capacity(appends.len());
-        let mut injected: Vec<Option<StoreError>> = Vec::with_capacity(appends.len());
-        for a in &appends {
-            let (plan, error) = if failed.contains(&&a.account) {
-                (Plan::Skip, None)
-            } else if let Some(e) = self.chaos.fail() {
-                (Plan::Fail, Some(e))
-            } else if self.chaos.commit_timeout() {
-                (Plan::ForwardThenTimeout, None)
-            } else {
-                (Plan::Forward, None)
-            };
-            if plan != Plan::Forward {
-                failed.push(&a.account);
-            }
-            plans.push(plan);
-            injected.push(error);
-        }
+        let (plans, injected) = self.plan_appends(&appends);
         let forward: Vec<Append> = appends
             .iter()
             .zip(&plans)
@@ -327,6 +309,31 @@ impl<T: EventStore> EventStore for Faulty<T> {
 }
 
 impl<T> Faulty<T> {
+    /// What to do with each append of a call: the faults to inject, and which later pages
+    /// of a failed account are not attempted.
+    fn plan_appends(&self, appends: &[Append]) -> (Vec<Plan>, Vec<Option<StoreError>>) {
+        let mut failed: Vec<&AccountId> = Vec::new();
+        let mut plans = Vec::with_capacity(appends.len());
+        let mut injected = Vec::with_capacity(appends.len());
+        for a in appends {
+            let (plan, error) = if failed.contains(&&a.account) {
+                (Plan::Skip, None)
+            } else if let Some(e) = self.chaos.fail() {
+                (Plan::Fail, Some(e))
+            } else if self.chaos.commit_timeout() {
+                (Plan::ForwardThenTimeout, None)
+            } else {
+                (Plan::Forward, None)
+            };
+            if plan != Plan::Forward {
+                failed.push(&a.account);
+            }
+            plans.push(plan);
+            injected.push(error);
+        }
+        (plans, injected)
+    }
+
     /// The contract every store owes: an account's pages of one call commit in order, and
     /// after the first that fails none of its later pages is written.
     fn check_atomicity(

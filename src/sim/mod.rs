@@ -17,6 +17,7 @@
 //! entropy that the seed does not decide.
 
 pub mod backend;
+pub mod calls;
 pub mod check;
 pub mod config;
 pub mod faults;
@@ -27,6 +28,8 @@ pub mod reference;
 pub mod runner;
 pub mod stream;
 pub mod stress;
+pub mod verdict;
+pub mod views;
 pub mod workload;
 pub mod world;
 
@@ -200,7 +203,7 @@ async fn simulate<B: Backend>(
     let stored = read(&world, drained).await;
     let observed = world.observed(resubmissions);
     let found = check::check(policy, &observed, &stored, options.issue10);
-    let violations = check::attribute(&world.chaos.breaches(), found);
+    let violations = verdict::attribute(&world.chaos.breaches(), found);
     let events: u64 = stored.events.values().map(|e| e.len() as u64).sum();
     world.chaos.note(events);
     for s in stored.snapshots.values() {

@@ -251,7 +251,7 @@ pub fn main(args: &SimArgs) -> ExitCode {
     if let Some(class) = &args.hunt {
         return match t.hunted {
             Some((seed, secs, n)) => {
-                say!("hunt {class}: found by seed {seed}, the {n}th seed run, after {secs:.1} s");
+                say!("hunt {class}: found by seed {seed} after {n} seeds and {secs:.1} s");
                 ExitCode::SUCCESS
             }
             None => {

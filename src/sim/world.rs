@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::codec::rows::{Format, RowReader};
 use crate::domain::{AccountId, Command, Timestamp};
-use crate::ports::{EventPublisher, EventStore, StoreError};
-use crate::service::command::{CommandError, CommandOutcome, CommandService};
-use crate::service::ingest::{IngestError, IngestSummary, Rejects, ingest};
+use crate::ports::StoreError;
+use crate::service::command::CommandService;
 use crate::service::metrics::Metrics;
 use crate::service::projector::Projector;
 use crate::sim::backend::Backend;
+use crate::sim::calls::{Answer, attempts_of, outcome, run_op};
 use crate::sim::config::{Config, Draw, Topology};
 use crate::sim::faults::{Chaos, Faulty};
 use crate::sim::history::{Attempt, Outcome, RESUBMITTER, Violation};
@@ -121,13 +120,6 @@ impl CrashSignal {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What one call returned (`None` where recorded: the process crashed under it).
-pub(crate) enum Answer {
-    One(Result<CommandOutcome, CommandError>),
-    Many(Result<Vec<Vec<CommandOutcome>>, CommandError>),
-    Ingest(Result<IngestSummary, IngestError>),
 }
 
 impl<B: Backend> World<B> {
@@ -418,151 +410,6 @@ impl<B: Backend> World<B> {
     }
 }
 
-/// The attempts a call's answer makes, whether it was answered, and what it broke.
-pub(crate) fn attempts_of(
-    client: usize,
-    call: u64,
-    op: &Op,
-    answer: Option<Answer>,
-) -> (Vec<Attempt>, bool, Vec<Violation>) {
-    let unknown = |why: &str| Outcome::Unknown(why.to_owned());
-    let mut out: Vec<Attempt> = Vec::new();
-    let mut notes = Vec::new();
-    let mut push = |account: &AccountId, command: &Command, index, outcome| {
-        out.push(Attempt {
-            client,
-            call,
-            index,
-            account: account.clone(),
-            command: command.clone(),
-            outcome,
-        })
-    };
-    let answered = match (op, answer) {
-        (Op::Single { account, command }, Some(Answer::One(r))) => {
-            let ok = r.is_ok();
-            push(
-                account,
-                command,
-                0,
-                r.map_or_else(|e| unknown(&e.to_string()), outcome),
-            );
-            ok
-        }
-        (Op::Bulk { chunks }, Some(Answer::Many(Ok(outcomes)))) => {
-            for (chunk, outs) in chunks.iter().zip(&outcomes) {
-                if outs.len() != chunk.commands.len() {
-                    notes.push(Violation::new(
-                        Some(chunk.account.as_str()),
-                        format!(
-                            "{} outcomes for {} commands",
-                            outs.len(),
-                            chunk.commands.len()
-                        ),
-                    ));
-                }
-                for (i, (c, o)) in chunk.commands.iter().zip(outs).enumerate() {
-                    push(&chunk.account, c, i, outcome(o.clone()));
-                }
-            }
-            true
-        }
-        (Op::Ingest { rows, invalid, .. }, Some(Answer::Ingest(r))) => {
-            if let Ok(s) = &r {
-                notes.extend(check_summary(s, rows.len() as u64, *invalid));
-            }
-            for (i, (a, c)) in rows.iter().enumerate() {
-                push(a, c, i, unknown("bulk file"));
-            }
-            r.is_ok()
-        }
-        (op, answer) => {
-            let why = match answer {
-                None => "crashed mid-call".to_owned(),
-                Some(Answer::Many(Err(e))) => e.to_string(),
-                Some(_) => "mismatched answer".to_owned(),
-            };
-            for (i, (a, c)) in commands_of(op).into_iter().enumerate() {
-                push(&a, &c, i, unknown(&why));
-            }
-            false
-        }
-    };
-    (out, answered, notes)
-}
-
-fn check_summary(s: &IngestSummary, valid: u64, invalid: u64) -> Option<Violation> {
-    let sum = s.accepted + s.duplicates + s.rejected + s.invalid;
-    (s.rows != valid + invalid || s.invalid != invalid || sum != s.rows).then(|| {
-        Violation::new(
-            None,
-            format!(
-                "bulk summary does not add up: {s:?} for {valid} valid and {invalid} invalid rows"
-            ),
-        )
-    })
-}
-
-fn outcome(o: CommandOutcome) -> Outcome {
-    match o {
-        CommandOutcome::Booked(e) => Outcome::Booked(e),
-        CommandOutcome::Duplicate(e) => Outcome::Duplicate(e),
-        CommandOutcome::Rejected(r) => Outcome::Rejected(r),
-    }
-}
-
-impl Attempt {
-    /// A small code of the outcome for the run's trace hash.
-    fn outcome_code(&self) -> u64 {
-        match &self.outcome {
-            Outcome::Booked(e) => 1 + (e.version << 3),
-            Outcome::Duplicate(e) => 2 + (e.version << 3),
-            Outcome::Rejected(_) => 3,
-            Outcome::Unknown(_) => 4,
-        }
-    }
-}
-
-fn commands_of(op: &Op) -> Vec<(AccountId, Command)> {
-    match op {
-        Op::Single { account, command } => vec![(account.clone(), command.clone())],
-        Op::Bulk { chunks } => chunks
-            .iter()
-            .flat_map(|c| {
-                c.commands
-                    .iter()
-                    .map(|cmd| (c.account.clone(), cmd.clone()))
-            })
-            .collect(),
-        Op::Ingest { rows, .. } => rows.clone(),
-    }
-}
-
 async fn run<B: Backend>(inc: &Incarnation<B>, op: &Op) -> Answer {
     run_op(&inc.commands, op).await
-}
-
-/// Sends one operation through the command service (or ingestion, for a file).
-pub(crate) async fn run_op<S: EventStore, P: EventPublisher>(
-    commands: &CommandService<S, P>,
-    op: &Op,
-) -> Answer {
-    match op {
-        Op::Single { account, command } => {
-            Answer::One(commands.submit(account.clone(), command.clone()).await)
-        }
-        Op::Bulk { chunks } => Answer::Many(commands.submit_chunks(chunks.clone()).await),
-        Op::Ingest { csv, .. } => {
-            let rows =
-                match RowReader::new(std::io::Cursor::new(csv.clone().into_bytes()), Format::Csv) {
-                    Ok(rows) => rows,
-                    Err(e) => return Answer::Ingest(Err(IngestError::Input(e))),
-                };
-            let mut rejects = match Rejects::new(Vec::new()) {
-                Ok(r) => r,
-                Err(e) => return Answer::Ingest(Err(IngestError::Rejects(e))),
-            };
-            Answer::Ingest(ingest(rows, commands, &mut rejects, |_| {}).await)
-        }
-    }
 }
