@@ -67,6 +67,9 @@ pub struct SeedReport {
     pub commands: usize,
     pub events: u64,
     pub injected: BTreeMap<&'static str, u64>,
+    /// What the run exercised (outcomes by kind, resends, files, crashes, give-ups…), so
+    /// a budget's totals show the paths were taken.
+    pub coverage: BTreeMap<&'static str, u64>,
 }
 
 impl SeedReport {
@@ -156,6 +159,7 @@ pub fn run_on<B: Backend>(
         commands: report.commands,
         events: report.events,
         injected: report.injected,
+        coverage: report.coverage,
     }
 }
 
@@ -166,6 +170,7 @@ struct Outcome {
     commands: usize,
     events: u64,
     injected: BTreeMap<&'static str, u64>,
+    coverage: BTreeMap<&'static str, u64>,
 }
 
 async fn simulate<B: Backend>(
@@ -203,6 +208,7 @@ async fn simulate<B: Backend>(
     let stored = read(&world, drained).await;
     let observed = world.observed(resubmissions);
     let found = check::check(policy, &observed, &stored, options.issue10);
+    let coverage = coverage(&observed);
     let violations = verdict::attribute(&world.chaos.breaches(), found);
     let events: u64 = stored.events.values().map(|e| e.len() as u64).sum();
     world.chaos.note(events);
@@ -218,6 +224,7 @@ async fn simulate<B: Backend>(
         commands,
         events,
         injected: world.chaos.injected(),
+        coverage,
     })
 }
 
@@ -295,4 +302,27 @@ pub async fn snapshots_of<E: EventStore, S: SnapshotStore>(
         .zip(found)
         .filter_map(|(n, s)| Some((n, s?)))
         .collect()
+}
+
+/// Counts of what a run exercised.
+fn coverage(o: &world::Observed) -> BTreeMap<&'static str, u64> {
+    use crate::sim::history::Outcome;
+    let mut c: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for a in &o.attempts {
+        let kind = match &a.outcome {
+            Outcome::Booked(_) => "booked",
+            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Unknown(why) if why == "bulk file" => "via file",
+            Outcome::Unknown(_) => "unanswered",
+        };
+        *c.entry(kind).or_default() += 1;
+    }
+    c.insert("sent again", o.resubmissions.len() as u64);
+    c.insert("crashes", o.crashes);
+    c.insert("catch-ups", o.catch_ups);
+    c.insert("batches", o.acks.batches);
+    c.insert("records given up", o.acks.given_up);
+    c.insert("poison acknowledged", o.acks.poison.len() as u64);
+    c
 }

@@ -188,13 +188,14 @@ pub fn main(args: &SimArgs) -> ExitCode {
     if let Some(seed) = args.seed {
         let r = run_one(seed, args);
         say!(
-            "seed {seed} ({:?} backend): {} commands, {} events stored, trace {:#018x}\n  settings: {:?}\n  faults injected: {:?}",
+            "seed {seed} ({:?} backend): {} commands, {} events stored, trace {:#018x}\n  settings: {:?}\n  faults injected: {:?}\n  exercised: {:?}",
             r.backend,
             r.commands,
             r.events,
             r.trace,
             r.config,
-            r.injected
+            r.injected,
+            r.coverage
         );
         for v in &r.violations {
             say!("  {v}");
@@ -290,11 +291,19 @@ struct Tally {
     known: std::collections::BTreeMap<Class, Vec<u64>>,
     first_failure: Option<(u64, f64, u64)>,
     hunted: Option<(u64, f64, u64)>,
+    injected: std::collections::BTreeMap<&'static str, u64>,
+    coverage: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Tally {
     fn add(&mut self, r: &SeedReport, args: &SimArgs, started: Instant) {
         self.seeds += 1;
+        for (k, v) in &r.injected {
+            *self.injected.entry(k).or_default() += v;
+        }
+        for (k, v) in &r.coverage {
+            *self.coverage.entry(k).or_default() += v;
+        }
         self.commands += r.commands as u64;
         self.events += r.events;
         for k in r.known() {
@@ -319,6 +328,8 @@ impl Tally {
             self.events,
             self.failed.len()
         );
+        say!("  exercised: {:?}", self.coverage);
+        say!("  faults injected: {:?}", self.injected);
         for (class, seeds) in &self.known {
             let shown: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
             say!(

@@ -64,6 +64,7 @@ pub fn run(seed: u64, options: Options) -> SeedReport {
         commands,
         events,
         injected: Default::default(),
+        coverage: Default::default(),
     }
 }
 
