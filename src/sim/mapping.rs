@@ -35,11 +35,9 @@ use crate::sim::stream::{Record, SimStream};
 pub struct Acks {
     /// Newest version per account carried by an acknowledged record.
     pub versions: HashMap<String, u64>,
-    /// Accounts acknowledged once more accounts had passed than a projector's cache holds
-    /// (so its eviction could have touched them).
+    /// Accounts acknowledged by a projector instance that had been handed more accounts
+    /// than its cache holds (so its eviction could have touched them).
     pub pressured: HashSet<String>,
-    /// Every account the mapping has delivered.
-    pub seen: HashSet<String>,
     pub poison: BTreeSet<u64>,
     pub given_up: u64,
     pub batches: u64,
@@ -71,6 +69,8 @@ pub struct Mapping<E, S, Q> {
     positions: Mutex<BTreeMap<(usize, u32), Position>>,
     background: Arc<AtomicUsize>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Accounts handed to each projector instance (timed-out invocations included).
+    handed: Mutex<Vec<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +99,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
             positions: Mutex::default(),
             background: Arc::default(),
             tasks: Mutex::default(),
+            handed: Mutex::default(),
         })
     }
 
@@ -262,6 +263,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
                 }
             });
         }
+        let pressured = self.hand(instance, batch);
         self.chaos.log(|| {
             let seqs: Vec<u64> = batch.iter().map(|(_, r)| r.seq).collect();
             format!("deliver shard {shard} instance {instance} {seqs:?}")
@@ -306,24 +308,31 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
             .flat_map(|(_, r)| decode_record_pages(&r.data).unwrap_or_default())
             .map(|p| p.account.to_string())
             .collect();
-        self.acknowledge(&batch[..lowest.unwrap_or(batch.len())], batch, &reported);
+        self.acknowledge(
+            &batch[..lowest.unwrap_or(batch.len())],
+            &reported,
+            pressured,
+        );
         lowest
     }
 
-    fn acknowledge(
-        &self,
-        acked: &[(usize, Record)],
-        batch: &[(usize, Record)],
-        reported: &HashSet<String>,
-    ) {
-        let mut acks = lock(&self.acks);
-        acks.batches += 1;
+    /// Notes the accounts handed to `instance`; true once they outnumber its cache.
+    fn hand(&self, instance: usize, batch: &[(usize, Record)]) -> bool {
+        let mut handed = lock(&self.handed);
+        if handed.len() <= instance {
+            handed.resize_with(instance + 1, HashSet::new);
+        }
         for (_, r) in batch {
             for page in decode_record_pages(&r.data).unwrap_or_default() {
-                acks.seen.insert(page.account.to_string());
+                handed[instance].insert(page.account.to_string());
             }
         }
-        let pressured = acks.seen.len() > self.settings.cache_entries;
+        handed[instance].len() > self.settings.cache_entries
+    }
+
+    fn acknowledge(&self, acked: &[(usize, Record)], reported: &HashSet<String>, pressured: bool) {
+        let mut acks = lock(&self.acks);
+        acks.batches += 1;
         for (_, r) in acked {
             if r.poison {
                 acks.poison.insert(r.seq);
