@@ -91,6 +91,10 @@ enum Cmd {
     Replay,
     /// Re-fold every account and compare with its snapshot; exit 1 on any difference.
     Verify,
+    /// Run the deterministic simulator: seeded workloads, faults and interleavings against
+    /// the real services, checked against the reference model (see README, "How tally is
+    /// tested").
+    Sim(tally::sim::SimArgs),
     /// Write a realistic workload as bulk CSV.
     Gen {
         #[arg(long)]
@@ -113,13 +117,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The simulator's injected faults would make every service log; it reports by itself.
+    let quiet = if matches!(cli.command, Cmd::Sim(_)) {
+        "off"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| quiet.into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Cmd::Sim(args) = &cli.command {
+        return tally::sim::main(args); // runs its own runtimes, one per seed
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -313,6 +326,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Sim(_) => unreachable!("handled before the runtime starts"),
         Cmd::Gen {
             accounts,
             transactions,

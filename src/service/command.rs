@@ -130,12 +130,10 @@ pub fn jittered_backoff() -> Backoff {
     Arc::new(retry_delay)
 }
 
+/// The jitter comes from [`crate::entropy`], so a simulation replays it from its seed.
 pub(crate) fn retry_delay(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
+    Duration::from_micros(crate::entropy::next_u64() % (ceiling * 1_000) + 1)
 }
 
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 //! projector's batch fold.
 
 mod aws;
+mod clients;
 mod codec_robustness;
 mod cost;
 mod crash;
@@ -17,4 +18,5 @@ mod properties;
 mod races;
 mod reference;
 mod rows;
+mod sim;
 mod store_contract;

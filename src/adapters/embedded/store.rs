@@ -325,6 +325,14 @@ impl EmbeddedStore {
         tx.commit().map_err(unavailable)
     }
 
+    /// Appends on the caller's thread, bypassing the writer thread: for the simulator, whose
+    /// runs must not depend on another thread's timing. Same semantics as `append`.
+    pub(crate) fn append_now(&self, appends: &[Append]) -> Vec<Appended> {
+        super::append::append_group(&self.db, &self.index, &[appends])
+            .pop()
+            .unwrap_or_default()
+    }
+
     /// (Durable append transactions committed, append requests they carried): what group
     /// commit saves is the difference.
     pub fn commit_counts(&self) -> (u64, u64) {
