@@ -190,7 +190,7 @@ fn outcomes(observed: &Observed, stored: &Stored, out: &mut Vec<Violation>) {
             }
             Outcome::Rejected(r) => rejection(a, r, stored, out),
             Outcome::ReplayedRefusal(r) => {
-                if &r.command != &a.command {
+                if r.command != a.command {
                     out.push(
                         Violation::new(
                             Some(name),
