@@ -122,42 +122,120 @@ struct Window {
 /// this many windows plus the one in flight.
 const WINDOWS_AHEAD_MAX: usize = 1;
 
-/// Reads windows on a thread of its own (parsing overlaps deciding and committing the window
-/// before), until the input ends or the receiver is gone.
-fn read_windows<R: Read>(rows: RowReader<R>, out: tokio::sync::mpsc::Sender<Window>) {
-    let mut window = Window {
-        rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
-        invalid: Vec::new(),
-        fatal: None,
-    };
-    for item in rows {
-        match item {
-            Ok(row) => window.rows.push(row),
-            Err(e) if e.fatal => {
-                window.fatal = Some(e);
-                break;
-            }
-            Err(e) => window.invalid.push(e),
-        }
-        if window.rows.len() + window.invalid.len() >= INGEST_WINDOW_ROWS {
-            let next = Window {
-                rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
-                invalid: Vec::new(),
-                fatal: None,
-            };
-            if out
-                .blocking_send(std::mem::replace(&mut window, next))
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-    let _ = out.blocking_send(window);
+/// Cuts a row stream into windows; the last one carries a fatal read error, if any.
+struct Windows<R: Read> {
+    rows: RowReader<R>,
+    done: bool,
 }
 
-/// Ingests every row of `rows`. `progress` is called with the rows done so far.
+impl<R: Read> Iterator for Windows<R> {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        if self.done {
+            return None;
+        }
+        let mut window = Window {
+            rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+            invalid: Vec::new(),
+            fatal: None,
+        };
+        while window.rows.len() + window.invalid.len() < INGEST_WINDOW_ROWS {
+            match self.rows.next() {
+                Some(Ok(row)) => window.rows.push(row),
+                Some(Err(e)) if e.fatal => {
+                    window.fatal = Some(e);
+                    self.done = true;
+                    break;
+                }
+                Some(Err(e)) => window.invalid.push(e),
+                None => {
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        Some(window)
+    }
+}
+
+/// Where windows come from: a reader thread (parsing overlaps deciding and committing the
+/// window before), or the calling task itself (a simulation, whose every step must run on
+/// its one seeded thread to replay).
+enum Source<R: Read> {
+    Thread {
+        windows: tokio::sync::mpsc::Receiver<Window>,
+        reader: std::thread::JoinHandle<()>,
+    },
+    Inline(Box<Windows<R>>),
+}
+
+impl<R: Read + Send + 'static> Source<R> {
+    fn start(rows: RowReader<R>, read_ahead: ReadAhead) -> std::io::Result<Source<R>> {
+        let windows = Windows { rows, done: false };
+        if read_ahead == ReadAhead::Inline {
+            return Ok(Source::Inline(Box::new(windows)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
+        let reader = std::thread::Builder::new()
+            .name("tally-read".into())
+            .spawn(move || {
+                for w in windows {
+                    if tx.blocking_send(w).is_err() {
+                        return; // the receiver is gone
+                    }
+                }
+            })?;
+        Ok(Source::Thread {
+            windows: rx,
+            reader,
+        })
+    }
+
+    async fn next(&mut self) -> Option<Window> {
+        match self {
+            Source::Thread { windows, .. } => windows.recv().await,
+            Source::Inline(windows) => windows.next(),
+        }
+    }
+
+    fn finish(self) {
+        if let Source::Thread { windows, reader } = self {
+            drop(windows);
+            let _ = reader.join(); // it has sent its last window, or stops at its next send
+        }
+    }
+}
+
+/// Whether ingest reads the next window on a thread of its own while the current one is
+/// decided and committed (production), or in turn on the calling task (the simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAhead {
+    Thread,
+    Inline,
+}
+
+/// Ingests `rows` through `service`: a window at a time, each window's rows decided
+/// together, reading the next window on a thread of its own meanwhile. Rejects go to
+/// `rejects`; `progress` hears the rows read so far after every window.
 pub async fn ingest<R, S, P, W>(
+    rows: RowReader<R>,
+    service: &CommandService<S, P>,
+    rejects: &mut Rejects<W>,
+    progress: impl FnMut(u64),
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
+    ingest_with(ReadAhead::Thread, rows, service, rejects, progress).await
+}
+
+/// [`ingest`], choosing where windows are read.
+pub async fn ingest_with<R, S, P, W>(
+    read_ahead: ReadAhead,
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
@@ -171,20 +249,16 @@ where
 {
     let started = Instant::now();
     let mut summary = IngestSummary::default();
-    let (tx, mut windows) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
-    let reader = std::thread::Builder::new()
-        .name("tally-read".into())
-        .spawn(move || read_windows(rows, tx))
-        .map_err(|e| {
-            IngestError::Input(RowError {
-                line: 0,
-                field: None,
-                message: format!("cannot start the reader thread: {e}"),
-                fatal: true,
-            })
-        })?;
+    let mut source = Source::start(rows, read_ahead).map_err(|e| {
+        IngestError::Input(RowError {
+            line: 0,
+            field: None,
+            message: format!("cannot start the reader thread: {e}"),
+            fatal: true,
+        })
+    })?;
     let mut read_error = None;
-    while let Some(window) = windows.recv().await {
+    while let Some(window) = source.next().await {
         summary.rows += (window.rows.len() + window.invalid.len()) as u64;
         for e in &window.invalid {
             summary.invalid += 1;
@@ -203,8 +277,7 @@ where
             break;
         }
     }
-    drop(windows);
-    let _ = reader.join(); // it has sent its last window, or stops at its next send
+    source.finish();
     summary.elapsed = started.elapsed();
     match read_error {
         Some(e) => Err(stop(summary, started, e.line, StopCause::Read(e))),

@@ -8,7 +8,7 @@ use crate::codec::rows::{Format, RowError, RowReader};
 use crate::domain::{AccountId, Command};
 use crate::ports::{EventPublisher, EventStore};
 use crate::service::command::{CommandError, CommandOutcome, CommandService, Submitted};
-use crate::service::ingest::{IngestError, IngestSummary, Rejects, ingest};
+use crate::service::ingest::{IngestError, IngestSummary, ReadAhead, Rejects, ingest_with};
 use crate::sim::history::{Attempt, Outcome, Violation};
 use crate::sim::workload::Op;
 
@@ -180,7 +180,8 @@ pub(crate) async fn run_op<S: EventStore, P: EventPublisher>(
                     })));
                 }
             };
-            Answer::Ingest(ingest(rows, commands, &mut rejects, |_| {}).await)
+            let read = ReadAhead::Inline; // a reader thread would not replay
+            Answer::Ingest(ingest_with(read, rows, commands, &mut rejects, |_| {}).await)
         }
     }
 }
