@@ -28,6 +28,11 @@ pub struct Append {
     pub account: AccountId,
     pub expected_version: u64,
     pub pages: Vec<PageWrite>,
+    /// Names the caller's attempt (random, nonzero, the same for every retry of the same
+    /// decisions): a page already written by this attempt succeeds again; a byte-identical
+    /// page from another attempt (two callers deciding the same thing in the same
+    /// millisecond) is a conflict, so only one of them is told it booked.
+    pub attempt: u64,
 }
 
 /// One conditional write of an account: consecutive events (versions continuing the previous
@@ -122,10 +127,12 @@ impl Appended {
 ///   one call commit in order; after the first page that fails, none of its later pages are
 ///   written. [`append`](Self::append) returns exactly one [`Appended`] per [`Append`], in
 ///   order, whatever happens (a backend failure is reported on every account it touched).
-/// - **Idempotent retry.** A page identical to one already written (same account, same
-///   entries, same `recorded_at`) succeeds again without writing: a caller that saw a timeout
-///   after the store committed retries the same bytes and learns it was written. (DynamoDB:
-///   a `ClientRequestToken` derived from the page, honoured for 10 minutes.)
+/// - **Idempotent retry.** A page already written by the same attempt (same account, same
+///   entries, same `recorded_at`, same [`Append::attempt`]) succeeds again without writing: a
+///   caller that saw a timeout after the store committed retries the same bytes and learns it
+///   was written. (DynamoDB: a `ClientRequestToken` derived from the page and the attempt,
+///   honoured for 10 minutes; after that a retry is answered as a conflict and the caller
+///   finds its own outcome as a duplicate.)
 /// - **One outcome per txn id, forever**: conditions above; outcomes never change except a
 ///   booked transaction's `reversed` flag going from false to true once.
 pub trait EventStore: Send + Sync + 'static {

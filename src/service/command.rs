@@ -158,6 +158,8 @@ struct Plan {
     /// final once every earlier page is written.
     expected: Vec<u64>,
     starts: Vec<usize>,
+    /// This plan's attempt (see `Append::attempt`): every retry of its pages carries it.
+    attempt: u64,
 }
 
 impl Plan {
@@ -168,6 +170,7 @@ impl Plan {
             pages: Vec::new(),
             expected: Vec::new(),
             starts: Vec::new(),
+            attempt: crate::entropy::next_u64() | 1,
         };
         let mut version = tip_version;
         for (i, d) in decisions.iter().enumerate() {
@@ -391,6 +394,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     account: chunks[i].account.clone(),
                     expected_version: plan.expected.first().copied().unwrap_or(0),
                     pages: plan.pages.clone(),
+                    attempt: plan.attempt,
                 })
             })
             .collect();

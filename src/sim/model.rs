@@ -36,6 +36,9 @@ struct Account {
     tip: AccountState,
     outcomes: HashMap<TxnId, TxnOutcome>,
     segments: BTreeMap<u64, Segment>,
+    /// The attempt that wrote each page (by first version) and each refusal.
+    written_by: HashMap<u64, u64>,
+    refused_by: HashMap<TxnId, u64>,
 }
 
 impl Account {
@@ -48,15 +51,20 @@ impl Account {
             .collect()
     }
 
-    /// Whether this exact page is already written (a retry after a timeout).
-    fn holds(&self, page: &PageWrite) -> bool {
+    /// Whether this exact page is already written by this attempt (a retry after a timeout).
+    fn holds(&self, page: &PageWrite, attempt: u64) -> bool {
         let events_there = match page.events.first() {
-            Some(first) => self.pages.get(&first.version) == Some(&page.events),
+            Some(first) => {
+                self.pages.get(&first.version) == Some(&page.events)
+                    && self.written_by.get(&first.version) == Some(&attempt)
+            }
             None => true,
         };
         events_there
             && page.refusals.iter().all(|r| {
-                self.outcomes.get(r.command.txn_id()) == Some(&TxnOutcome::Refused(r.clone()))
+                let txn = r.command.txn_id();
+                self.outcomes.get(txn) == Some(&TxnOutcome::Refused(r.clone()))
+                    && self.refused_by.get(txn) == Some(&attempt)
             })
     }
 }
@@ -84,13 +92,14 @@ impl MemEvents {
         account: &AccountId,
         expected: u64,
         page: &PageWrite,
+        attempt: u64,
     ) -> Result<(), AppendError> {
         page.check_shape(expected)?;
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(account.clone()).or_default();
         let written = || Ok(());
         if !page.events.is_empty() && acct.tip.version != expected {
-            return if acct.holds(page) {
+            return if acct.holds(page, attempt) {
                 written()
             } else {
                 Err(AppendError::Conflict {
@@ -126,13 +135,17 @@ impl MemEvents {
             });
         match recorded {
             Ok(()) => {}
-            Err(_) if acct.holds(page) => return written(),
+            Err(_) if acct.holds(page, attempt) => return written(),
             Err(RecordError::Taken(t)) => return Err(AppendError::DuplicateTxn(t)),
             Err(RecordError::TargetNotLive(t)) => return Err(AppendError::TargetReversed(t)),
         }
         acct.outcomes.extend(view);
+        for r in &page.refusals {
+            acct.refused_by.insert(r.command.txn_id().clone(), attempt);
+        }
         if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
             acct.pages.insert(first.version, page.events.clone());
+            acct.written_by.insert(first.version, attempt);
             let before = acct.tip.version;
             acct.tip = AccountState::after(last);
             for index in Segment::completed(before, acct.tip.version) {
@@ -212,7 +225,7 @@ impl EventStore for MemEvents {
                     // One conditional write per page: other callers may run in between.
                     tokio::task::yield_now().await;
                 }
-                if let Err(e) = self.commit(&append.account, expected, page) {
+                if let Err(e) = self.commit(&append.account, expected, page, append.attempt) {
                     result = Appended {
                         pages: p,
                         error: Some(e),

@@ -160,6 +160,13 @@ async fn dynamodb_a_retried_page_succeeds_again_and_writes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_an_identical_page_from_another_attempt_is_not_a_success() {
+    if let Some(store) = store("twins").await {
+        store_contract::an_identical_page_from_another_attempt_is_not_a_success(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_refusals_are_outcomes_even_without_events() {
     if let Some(store) = store("refusals").await {
         store_contract::refusals_are_outcomes_even_without_events(store).await;
@@ -196,6 +203,7 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
             events: vec![store_contract::deposit(1, "d1", 100, 100)],
             refusals: vec![],
         }],
+        attempt: store_contract::ATTEMPT,
     };
     assert_eq!(store.append(vec![booked]).await[0].error, None);
     assert_eq!(store.txn(&acct, &txn("d1")).await.unwrap(), None);
@@ -221,6 +229,7 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
                 events: vec![reversal],
                 refusals: vec![],
             }],
+            attempt: store_contract::ATTEMPT,
         }])
         .await;
     assert_eq!(
@@ -237,6 +246,7 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
             events: vec![rebooked],
             refusals: vec![],
         }],
+        attempt: store_contract::ATTEMPT,
     };
     assert_eq!(store.append(vec![again]).await[0].error, None);
     assert_eq!(store.tip(&acct).await.unwrap().version, 2);

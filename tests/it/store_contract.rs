@@ -67,11 +67,15 @@ fn events(events: Vec<Event>) -> PageWrite {
     }
 }
 
+/// The attempt of every append these tests make, unless a test says otherwise.
+pub const ATTEMPT: u64 = 1;
+
 fn append(account: &AccountId, expected_version: u64, pages: Vec<PageWrite>) -> Append {
     Append {
         account: account.clone(),
         expected_version,
         pages,
+        attempt: ATTEMPT,
     }
 }
 
@@ -315,6 +319,52 @@ pub async fn a_retried_page_succeeds_again_and_writes_once<S: EventStore>(store:
         store.append(alone(refusal("w2", 901, 106, 3))).await,
         vec![stopped(0, AppendError::DuplicateTxn(txn("w2")))]
     );
+}
+
+/// Two callers that decide the same thing in the same millisecond produce byte-identical
+/// pages: only the one that wrote it is told so; the other gets the conflict (and finds the
+/// outcome as a duplicate), for pages of events and for pages of refusals alone.
+pub async fn an_identical_page_from_another_attempt_is_not_a_success<S: EventStore>(store: S) {
+    let acct = AccountId::new("twin-1").unwrap();
+    let page = PageWrite {
+        events: vec![deposit(1, "d1", 100, 100)],
+        refusals: vec![refusal("w1", 500, 100, 1)],
+    };
+    let by = |attempt: u64, expected: u64, page: &PageWrite| Append {
+        account: acct.clone(),
+        expected_version: expected,
+        pages: vec![page.clone()],
+        attempt,
+    };
+    assert_eq!(store.append(vec![by(7, 0, &page)]).await, vec![ok(1)]);
+    assert_eq!(
+        store.append(vec![by(8, 0, &page)]).await,
+        vec![stopped(0, AppendError::Conflict { current: 1 })],
+        "the twin attempt is not told it wrote the page"
+    );
+    assert_eq!(
+        store.append(vec![by(7, 0, &page)]).await,
+        vec![ok(1)],
+        "the writer's own retry still succeeds"
+    );
+    let alone = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("w2", 900, 100, 1)],
+    };
+    assert_eq!(store.append(vec![by(7, 1, &alone)]).await, vec![ok(1)]);
+    assert_eq!(
+        store.append(vec![by(8, 1, &alone)]).await,
+        vec![stopped(0, AppendError::DuplicateTxn(txn("w2")))],
+        "the twin refusal is a duplicate"
+    );
+    assert_eq!(store.append(vec![by(7, 1, &alone)]).await, vec![ok(1)]);
+    assert_eq!(store.read(&acct, 1, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn embedded_an_identical_page_from_another_attempt_is_not_a_success() {
+    an_identical_page_from_another_attempt_is_not_a_success(EmbeddedStore::in_memory().unwrap())
+        .await;
 }
 
 /// Refusals are outcomes: stored with their figures, even on an account with no events, and

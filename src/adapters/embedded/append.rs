@@ -13,10 +13,12 @@ use redb::{Database, Durability, ReadableTable};
 use super::index::{Origin, Slot, TxnIndex, lookup};
 use super::store::{
     EVENTS, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range,
-    split_marker_key, unavailable,
+    split_attempt, split_marker_key, unavailable, with_attempt,
 };
 use crate::codec::encode_events;
-use crate::codec::stored::{decode_tip, encode_outcome, encode_segment, encode_tip};
+use crate::codec::stored::{
+    decode_outcome, decode_tip, encode_outcome, encode_segment, encode_tip,
+};
 use crate::domain::{
     AccountId, AccountState, Entry, EventKind, RecordError, Segment, TxnId, TxnOutcome, record,
 };
@@ -97,11 +99,12 @@ fn write_staged(
             .insert(k.as_slice(), v.as_slice())
             .map_err(unavailable)?;
     }
-    for (k, (outcome, origin)) in &staged.markers {
+    for (k, (outcome, origin, attempt)) in &staged.markers {
         match outcome {
             TxnOutcome::Refused(_) if *origin == Origin::New => {
+                let value = with_attempt(*attempt, &encode_outcome(outcome));
                 t.refusals
-                    .insert(k.as_slice(), encode_outcome(outcome).as_slice())
+                    .insert(k.as_slice(), value.as_slice())
                     .map_err(unavailable)?;
             }
             TxnOutcome::Booked { reversed: true, .. } => {
@@ -132,8 +135,9 @@ pub(super) fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
 #[derive(Default)]
 struct Staged {
     events: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// `marker_key` → the outcome after this group, and whether the index has the id.
-    markers: BTreeMap<Vec<u8>, (TxnOutcome, Origin)>,
+    /// `marker_key` → the outcome after this group, whether the index has the id, and the
+    /// attempt that staged it.
+    markers: BTreeMap<Vec<u8>, (TxnOutcome, Origin, u64)>,
     tips: BTreeMap<String, AccountState>,
     /// Each staged account's version before this call.
     before: BTreeMap<String, u64>,
@@ -142,7 +146,7 @@ struct Staged {
 impl Staged {
     /// After the commit: every new outcome into the index, every flipped flag updated.
     fn apply(&self, index: &mut TxnIndex) {
-        for (key, (outcome, origin)) in &self.markers {
+        for (key, (outcome, origin, _)) in &self.markers {
             let Some((account, txn)) = split_marker_key(key) else {
                 continue; // keys are built from valid ids, which never contain NUL
             };
@@ -201,13 +205,22 @@ fn append_account(
             Ok(b) => b,
             Err(e) => return stopped(i, e.into()),
         };
-        let outcome = check_page(account, expected, page, t, index, staged)
-            .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
+        let bytes = bytes.map(|b| with_attempt(append.attempt, &b));
+        let outcome = check_page(account, expected, page, t, index, staged).map(|writes| {
+            let writes = Writes {
+                page: bytes.as_deref(),
+                outcomes: writes,
+                attempt: append.attempt,
+            };
+            stage(account, page, writes, staged)
+        });
         match outcome {
             Ok(()) => {}
-            // A page that was written before (a retry after a timeout) succeeds again.
+            // A page this attempt wrote before (a retry after a timeout) succeeds again; the
+            // same page from another attempt stays a conflict.
             Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
-                if already_written(account, page, bytes.as_deref(), t, index).unwrap_or(false) => {}
+                if already_written(account, page, bytes.as_deref(), append.attempt, t)
+                    .unwrap_or(false) => {}
             Err(e) => return stopped(i, e),
         }
         if let Some(last) = page.events.last() {
@@ -320,20 +333,23 @@ fn stored_outcome(
     index: &TxnIndex,
     staged: &Staged,
 ) -> Result<Option<(TxnOutcome, Origin)>, StoreError> {
-    if let Some((o, origin)) = staged.markers.get(&marker_key(account, txn.as_str())) {
+    if let Some((o, origin, _)) = staged.markers.get(&marker_key(account, txn.as_str())) {
         return Ok(Some((o.clone(), *origin)));
     }
     lookup(index, &t.events, &t.refusals, account, txn)
 }
 
-fn stage(
-    account: &str,
-    page: &PageWrite,
-    bytes: Option<&[u8]>,
-    writes: Vec<(TxnId, TxnOutcome, Origin)>,
-    staged: &mut Staged,
-) {
-    if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
+/// What a page that passed its checks writes.
+struct Writes<'a> {
+    /// The stored value of its events (attempt first), `None` for refusals only.
+    page: Option<&'a [u8]>,
+    outcomes: Vec<(TxnId, TxnOutcome, Origin)>,
+    attempt: u64,
+}
+
+fn stage(account: &str, page: &PageWrite, writes: Writes<'_>, staged: &mut Staged) {
+    if let (Some(first), Some(last), Some(bytes)) =
+        (page.events.first(), page.events.last(), writes.page)
     {
         staged
             .events
@@ -345,23 +361,25 @@ fn stage(
             .tips
             .insert(account.to_owned(), AccountState::after(last));
     }
-    for (txn, outcome, origin) in writes {
-        staged
-            .markers
-            .insert(marker_key(account, txn.as_str()), (outcome, origin));
+    for (txn, outcome, origin) in writes.outcomes {
+        staged.markers.insert(
+            marker_key(account, txn.as_str()),
+            (outcome, origin, writes.attempt),
+        );
     }
 }
 
-/// Whether this exact page is already stored (its events' bytes at their key, and each
-/// refusal as recorded): then a retry of it succeeds without writing.
+/// Whether this exact page is already stored by this attempt (its value, attempt included,
+/// at its key, and each refusal as recorded by the attempt): then a retry of it succeeds
+/// without writing.
 fn already_written(
     account: &str,
     page: &PageWrite,
-    bytes: Option<&[u8]>,
+    value: Option<&[u8]>,
+    attempt: u64,
     t: &Tables<'_>,
-    index: &TxnIndex,
 ) -> Result<bool, StoreError> {
-    if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
+    if let (Some(first), Some(bytes)) = (page.events.first(), value) {
         match t
             .events
             .get(event_key(account, first.version).as_slice())
@@ -372,8 +390,17 @@ fn already_written(
         }
     }
     for r in &page.refusals {
-        let stored = lookup(index, &t.events, &t.refusals, account, r.command.txn_id())?;
-        if stored.map(|(o, _)| o) != Some(TxnOutcome::Refused(r.clone())) {
+        let txn = r.command.txn_id();
+        let Some(stored) = t
+            .refusals
+            .get(marker_key(account, txn.as_str()).as_slice())
+            .map_err(unavailable)?
+        else {
+            return Ok(false);
+        };
+        let (by, bytes) = split_attempt(stored.value())?;
+        let outcome = decode_outcome(txn, bytes).map_err(corrupt)?;
+        if by != attempt || outcome != TxnOutcome::Refused(r.clone()) {
             return Ok(false);
         }
     }

@@ -221,7 +221,7 @@ pub fn lookup(
     account: &str,
     txn: &crate::domain::TxnId,
 ) -> Result<Option<(crate::domain::TxnOutcome, Origin)>, crate::ports::StoreError> {
-    use super::store::{corrupt, marker_key, read_range, unavailable};
+    use super::store::{corrupt, marker_key, read_range, split_attempt, unavailable};
     use crate::domain::TxnOutcome;
     let Some(candidate) = index.get(account, txn.as_str()) else {
         return Ok(None);
@@ -235,8 +235,8 @@ pub fn lookup(
             .map_err(unavailable)?
         {
             Some(v) => {
-                let outcome =
-                    crate::codec::stored::decode_outcome(txn, v.value()).map_err(corrupt)?;
+                let (_, bytes) = split_attempt(v.value())?;
+                let outcome = crate::codec::stored::decode_outcome(txn, bytes).map_err(corrupt)?;
                 Ok(Some((outcome, origin)))
             }
             None => Ok(None),

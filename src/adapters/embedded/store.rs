@@ -28,17 +28,20 @@ use crate::ports::{
     SnapshotStore, StoreError,
 };
 
-/// `event_key(account, first version)` → encoded page.
+/// `event_key(account, first version)` → the writer's attempt (8 bytes, little-endian), then
+/// the encoded page (see [`with_attempt`]).
 pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `marker_key(account, txn id)` → a refused txn id's outcome (`codec::stored::encode_outcome`).
+/// `marker_key(account, txn id)` → the writer's attempt, then a refused txn id's outcome
+/// (`codec::stored::encode_outcome`).
 /// Booked ids need no row: their pages record them (see `index.rs`).
 pub(super) const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
 /// `marker_key(account, txn id)` → empty: booked transactions that have been reversed.
 pub(super) const REVERSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reversed");
 /// "layout" → the store layout version, so an older data dir is refused by name.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The layout this code writes: 2 = pages + refusals + reversed flags, txn index in memory.
-const LAYOUT: u64 = 2;
+/// The layout this code writes: 3 = pages and refusals prefixed with the attempt that wrote
+/// them, reversed flags, txn index in memory (2 had no attempt).
+const LAYOUT: u64 = 3;
 /// account → version and balance of the newest event.
 pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
@@ -89,7 +92,7 @@ pub(super) fn read_range(
         .map_err(unavailable)?
     {
         let (_, bytes) = entry.map_err(unavailable)?;
-        let page = decode_page(bytes.value()).map_err(corrupt)?;
+        let page = decode_page(split_attempt(bytes.value())?.1).map_err(corrupt)?;
         out.extend(
             page.into_events()
                 .into_iter()
@@ -106,6 +109,24 @@ pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(txn.as_bytes());
     k
+}
+
+/// A stored value prefixed with the attempt that wrote it, so a retry of the same attempt is
+/// recognised and an identical write from another attempt is not.
+pub(super) fn with_attempt(attempt: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + bytes.len());
+    v.extend_from_slice(&attempt.to_le_bytes());
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// Inverse of [`with_attempt`].
+pub(super) fn split_attempt(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (head, rest) = value
+        .split_at_checked(8)
+        .ok_or_else(|| corrupt("stored value shorter than its attempt"))?;
+    let attempt = u64::from_le_bytes(head.try_into().map_err(corrupt)?);
+    Ok((attempt, rest))
 }
 
 /// Splits a `marker_key` back into account and txn id.
@@ -138,7 +159,8 @@ fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
             .checked_sub(9)
             .and_then(|n| std::str::from_utf8(&key[..n]).ok())
             .ok_or_else(|| corrupt("page key without an account"))?;
-        for e in decode_page(bytes.value()).map_err(corrupt)?.events() {
+        let (_, page) = split_attempt(bytes.value())?;
+        for e in decode_page(page).map_err(corrupt)?.events() {
             let slot = Slot::Booked {
                 version: e.version,
                 reversed: false,

@@ -73,15 +73,17 @@ fn now_secs() -> i64 {
 }
 
 /// `ClientRequestToken` of a page: a digest of everything the page writes (table included:
-/// tokens are shared by every table of an AWS account and region), so a retry of the same
-/// page is recognised by DynamoDB (for 10 minutes) and anything else is not.
-fn request_token(table: &str, account: &str, expected: u64, page: &PageWrite) -> String {
+/// tokens are shared by every table of an AWS account and region) and of the attempt, so a
+/// retry of the same attempt is recognised by DynamoDB (for 10 minutes) and anything else,
+/// a byte-identical page from another caller included, is not.
+fn request_token(table: &str, a: &Append, expected: u64, page: &PageWrite) -> String {
     use md5::Digest;
     let mut h = md5::Md5::new();
     h.update(table.as_bytes());
     h.update([0]);
-    h.update(account.as_bytes());
+    h.update(a.account.as_str().as_bytes());
     h.update(expected.to_le_bytes());
+    h.update(a.attempt.to_le_bytes());
     // The encoded outcome leaves out its txn id (the key it is stored under): add it.
     for e in &page.events {
         h.update(e.txn_id.as_str().as_bytes());
@@ -97,7 +99,43 @@ fn request_token(table: &str, account: &str, expected: u64, page: &PageWrite) ->
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What every item of one page's write shares.
+#[derive(Clone, Copy)]
+struct Written {
+    /// Seconds the marker TTL counts from.
+    now: i64,
+    /// The caller's `Append::attempt`.
+    attempt: u64,
+}
+
 impl DynamoStore {
+    /// A refusal's stored outcome if `attempt` wrote it (a strongly consistent read).
+    async fn refused_by(
+        &self,
+        account: &AccountId,
+        txn: &TxnId,
+        attempt: u64,
+    ) -> Result<Option<TxnOutcome>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.events_table)
+            .key("pk", s(account.as_str()))
+            .key("sk", s(marker_sk(txn.as_str())))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        if get_n::<u64>(item, "attempt").ok() != Some(attempt) {
+            return Ok(None);
+        }
+        outcome_of(txn, item, now_secs())
+    }
     /// The newest page item of an account whose first version is at most `upto`.
     async fn page_at_or_before(
         &self,
@@ -198,13 +236,16 @@ impl DynamoStore {
         }
     }
 
+    /// A marker's put. A refusal carries the attempt that decided it: a refusal written alone
+    /// has no request token, and its retry must tell its own marker from a twin's.
     fn marker_put(
         &self,
         account: &str,
         txn: &TxnId,
         outcome: &TxnOutcome,
-        now: i64,
+        written: Written,
     ) -> Result<Put, StoreError> {
+        let Written { now, attempt } = written;
         let (label, version, reversed) = match outcome {
             TxnOutcome::Booked { event, reversed } => ("booked", event.version, Some(*reversed)),
             TxnOutcome::Refused(r) => ("refused", r.version, None),
@@ -217,8 +258,9 @@ impl DynamoStore {
             .item("version", n(version))
             .item("o", AttributeValue::B(Blob::new(encode_outcome(outcome))))
             .condition_expression(self.fresh_marker());
-        if let Some(reversed) = reversed {
-            put = put.item("reversed", AttributeValue::Bool(reversed));
+        match reversed {
+            Some(reversed) => put = put.item("reversed", AttributeValue::Bool(reversed)),
+            None => put = put.item("attempt", n(attempt)),
         }
         if let Some(ttl) = self.config.marker_ttl_secs {
             put = put
@@ -233,31 +275,31 @@ impl DynamoStore {
     /// only while booked and unreversed), or, for a single refusal, one conditional `PutItem`.
     async fn append_page(
         &self,
-        account: &AccountId,
+        a: &Append,
         expected: u64,
         page: &PageWrite,
     ) -> Result<(), AppendError> {
-        // Seconds of ledger time the TTL counts from, fixed by the page so a retry is identical.
-        let now = page
-            .events
-            .first()
-            .map(|e| e.recorded_at.millis() / 1000)
-            .unwrap_or_else(now_secs);
+        let account = &a.account;
+        let written = Written {
+            // Seconds of ledger time the TTL counts from, fixed by the page so a retry is
+            // identical.
+            now: page
+                .events
+                .first()
+                .map(|e| e.recorded_at.millis() / 1000)
+                .unwrap_or_else(now_secs),
+            attempt: a.attempt,
+        };
         page.check_shape(expected)?;
         if page.events.is_empty() && page.refusals.len() == 1 {
-            return self.put_refusal(account, &page.refusals[0], now).await;
+            return self.put_refusal(account, &page.refusals[0], written).await;
         }
-        let (items, meaning) = self.page_items(account, page, now)?;
+        let (items, meaning) = self.page_items(account, page, written)?;
         let result = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
-            .client_request_token(request_token(
-                &self.config.events_table,
-                account.as_str(),
-                expected,
-                page,
-            ))
+            .client_request_token(request_token(&self.config.events_table, a, expected, page))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
@@ -304,7 +346,7 @@ impl DynamoStore {
             error: None,
         };
         for (i, page) in a.pages.iter().enumerate() {
-            if let Err(e) = self.append_page(&a.account, expected, page).await {
+            if let Err(e) = self.append_page(a, expected, page).await {
                 result = Appended {
                     pages: i,
                     error: Some(e),
@@ -353,8 +395,9 @@ impl DynamoStore {
         &self,
         account: &AccountId,
         page: &PageWrite,
-        now: i64,
+        written: Written,
     ) -> Result<(Vec<TransactWriteItem>, Vec<Item>), StoreError> {
+        let now = written.now;
         let table = &self.config.events_table;
         let pk = account.as_str();
         let mut items = Vec::new();
@@ -392,7 +435,7 @@ impl DynamoStore {
                 event: event.clone(),
                 reversed: reversed_here.contains(&event.txn_id),
             };
-            let put = self.marker_put(pk, &event.txn_id, &outcome, now)?;
+            let put = self.marker_put(pk, &event.txn_id, &outcome, written)?;
             items.push(TransactWriteItem::builder().put(put).build());
             meaning.push(Item::Outcome(event.txn_id.clone()));
             if let EventKind::Reversed { reverses, .. } = &event.kind
@@ -408,7 +451,8 @@ impl DynamoStore {
         }
         for refusal in &page.refusals {
             let txn = refusal.command.txn_id();
-            let put = self.marker_put(pk, txn, &TxnOutcome::Refused(refusal.clone()), now)?;
+            let outcome = TxnOutcome::Refused(refusal.clone());
+            let put = self.marker_put(pk, txn, &outcome, written)?;
             items.push(TransactWriteItem::builder().put(put).build());
             meaning.push(Item::Outcome(txn.clone()));
         }
@@ -435,16 +479,17 @@ impl DynamoStore {
     }
 
     /// A page of exactly one refusal: a conditional `PutItem` (1 write unit instead of a
-    /// transaction's 2). A retry after a timeout finds its own identical marker and succeeds.
+    /// transaction's 2). A retry after a timeout finds its own marker (same outcome, same
+    /// attempt) and succeeds; a twin attempt's identical marker is a duplicate.
     async fn put_refusal(
         &self,
         account: &AccountId,
         refusal: &Refusal,
-        now: i64,
+        written: Written,
     ) -> Result<(), AppendError> {
         let txn = refusal.command.txn_id();
         let outcome = TxnOutcome::Refused(refusal.clone());
-        let put = self.marker_put(account.as_str(), txn, &outcome, now)?;
+        let put = self.marker_put(account.as_str(), txn, &outcome, written)?;
         let result = self
             .client
             .put_item()
@@ -464,11 +509,7 @@ impl DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                let stored = self
-                    .outcomes(account.as_str(), std::slice::from_ref(txn))
-                    .await?
-                    .remove(txn);
-                if stored.as_ref() == Some(&outcome) {
+                if self.refused_by(account, txn, written.attempt).await? == Some(outcome) {
                     Ok(())
                 } else {
                     Err(AppendError::DuplicateTxn(txn.clone()))
