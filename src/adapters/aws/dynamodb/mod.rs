@@ -17,8 +17,9 @@
 //! sees per invocation). Appends of different accounts, and snapshot writes, run
 //! concurrently (at most [`CONCURRENCY_MAX`] in flight); one account's pages go in order.
 //!
-//! `events` implements the event store, `snapshots` the snapshot store and the quarantine;
-//! this module holds the client, the capacity accounting and what both share.
+//! `events` implements the event store, `snapshots` the snapshot store and the quarantine,
+//! `scan` the parallel whole-table listing audits use; this module holds the client, the
+//! capacity accounting and what they share.
 //!
 //! Every SDK error becomes a port error here: conditional failures become `Conflict` /
 //! `DuplicateTxn` / `TargetReversed` (read from `CancellationReasons`), throttling becomes
@@ -39,7 +40,10 @@ use crate::ports::StoreError;
 use crate::service::metrics::{Metrics, milli_units};
 
 mod events;
+mod scan;
 mod snapshots;
+
+pub use scan::SCAN_SEGMENTS_MAX;
 
 /// Keys per `BatchGetItem` call (the service's limit).
 const BATCH_GET_KEYS_MAX: usize = 100;
