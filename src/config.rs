@@ -22,6 +22,8 @@ use crate::service::projector::CACHE_ENTRIES_DEFAULT;
 pub const SHARDS_DEFAULT: u32 = 4;
 /// Upper bound of `--shards` and `--buckets`: more would only waste memory locally.
 pub const SHARDS_MAX: u32 = 1_024;
+/// Tips the command service remembers by default.
+pub const TIP_CACHE_ENTRIES_DEFAULT: usize = 100_000;
 pub const BUCKETS_MAX: u32 = 1 << 16;
 
 /// Every setting as given (flag or variable), before checking. Flattened into the CLI
@@ -79,6 +81,10 @@ pub struct ConfigArgs {
     /// Snapshots the projector keeps in memory [default: 100000].
     #[arg(long, global = true, env = "TALLY_CACHE_ENTRIES")]
     pub cache_entries: Option<String>,
+    /// Accounts whose tips the command service remembers from its own appends (0: off)
+    /// [default: 100000].
+    #[arg(long, global = true, env = "TALLY_TIP_CACHE_ENTRIES")]
+    pub tip_cache_entries: Option<String>,
     /// Most records per projector batch, locally played event source mapping [default: 1000].
     #[arg(long, global = true, env = "TALLY_BATCH_SIZE")]
     pub batch_size: Option<String>,
@@ -129,6 +135,8 @@ pub struct Config {
     pub buckets: u32,
     pub shards: u32,
     pub cache_entries: usize,
+    /// Tips the command service remembers (see `CommandService::with_tip_cache`).
+    pub tip_cache_entries: usize,
     pub mapping: Mapping,
     /// Log filter; `None`: the process's default.
     pub log: Option<String>,
@@ -251,6 +259,12 @@ impl Config {
                 &args.cache_entries,
                 CACHE_ENTRIES_DEFAULT,
                 1,
+                100_000_000,
+            )?,
+            tip_cache_entries: name!("--tip-cache-entries", "TALLY_TIP_CACHE_ENTRIES").number(
+                &args.tip_cache_entries,
+                TIP_CACHE_ENTRIES_DEFAULT,
+                0,
                 100_000_000,
             )?,
             mapping: mapping(args)?,
@@ -456,7 +470,8 @@ mod tests {
     #[test]
     fn every_numeric_setting_is_bounded_and_named() {
         type Set = fn(&mut ConfigArgs, Option<String>);
-        let settings: [(Set, &str); 7] = [
+        let settings: [(Set, &str); 8] = [
+            (|a, v| a.tip_cache_entries = v, "TALLY_TIP_CACHE_ENTRIES"),
             (|a, v| a.buckets = v, "TALLY_BUCKETS"),
             (|a, v| a.shards = v, "TALLY_SHARDS"),
             (|a, v| a.cache_entries = v, "TALLY_CACHE_ENTRIES"),

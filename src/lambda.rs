@@ -36,6 +36,7 @@ pub struct AwsApp {
     pub policy: Policy,
     pub buckets: u32,
     pub cache_entries: usize,
+    pub tip_cache_entries: usize,
 }
 
 impl AwsApp {
@@ -62,6 +63,7 @@ impl AwsApp {
             policy: config.policy,
             buckets: config.buckets,
             cache_entries: config.cache_entries,
+            tip_cache_entries: config.tip_cache_entries,
         }
     }
 
@@ -75,6 +77,7 @@ impl AwsApp {
             system_clock(),
         )
         .with_metrics(self.metrics.clone())
+        .with_tip_cache(self.tip_cache_entries)
     }
 
     /// The query service over DynamoDB.

@@ -8,6 +8,9 @@ use std::future::Future;
 
 use crate::domain::{AccountId, AccountState, Event, Refusal, Snapshot, TxnId, TxnOutcome};
 
+/// Accounts [`EventStore::load_many`] reads concurrently by default.
+pub const LOADS_IN_FLIGHT_MAX: usize = 16;
+
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +58,27 @@ impl PageWrite {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.refusals.is_empty()
     }
+}
+
+/// What [`EventStore::load_many`] reads for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    pub account: AccountId,
+    pub txns: Vec<TxnId>,
+    /// A tip the caller already holds (what its own last append left): a backend may hand
+    /// it back instead of reading the tip again. Safe because every page with events is
+    /// written only at the version it was decided on, so a stale tip ends in a `Conflict`.
+    pub known: Option<AccountState>,
+}
+
+/// What [`EventStore::load_many`] found for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub tip: AccountState,
+    /// The tip was read from the store by this call (`false`: it is the `known` one).
+    pub fresh: bool,
+    /// The outcomes of the load's `txns`, in order, read by this call.
+    pub outcomes: Vec<Option<TxnOutcome>>,
 }
 
 /// Why a page was not written.
@@ -115,6 +139,31 @@ pub trait EventStore: Send + Sync + 'static {
         account: &AccountId,
         txns: &[TxnId],
     ) -> impl Future<Output = Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError>> + Send;
+
+    /// [`load`](Self::load) for many accounts at once: one result per [`Load`], in order.
+    /// Outcomes are always read; a tip only where `known` is absent (a backend may read it
+    /// anyway and say so with `fresh`). Backends that read many accounts in one request do
+    /// (DynamoDB: one `BatchGetItem` for the markers of up to 100 ids across accounts).
+    fn load_many(
+        &self,
+        loads: Vec<Load>,
+    ) -> impl Future<Output = Vec<Result<Loaded, StoreError>>> + Send {
+        use futures_util::stream::{self, StreamExt};
+        async move {
+            stream::iter(loads)
+                .map(|l| async move {
+                    let (tip, outcomes) = self.load(&l.account, &l.txns).await?;
+                    Ok(Loaded {
+                        tip,
+                        fresh: true,
+                        outcomes,
+                    })
+                })
+                .buffered(LOADS_IN_FLIGHT_MAX)
+                .collect()
+                .await
+        }
+    }
 
     /// The outcome of `txn` on `account`, if it has one.
     fn txn(

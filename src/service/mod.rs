@@ -6,3 +6,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod projector;
 pub mod query;
+mod tips;

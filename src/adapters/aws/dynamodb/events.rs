@@ -1,38 +1,25 @@
-//! The event store on the Events table: pages and txn outcome markers.
+//! The event store on the Events table: reads of pages and txn outcome markers, and the
+//! port impl (appends are in `append`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use futures_util::stream::{self, StreamExt};
 
 use super::{
-    BATCH_GET_KEYS_MAX, CONCURRENCY_MAX, DynamoStore, Units, built, corrupt, get_n, get_s, n, s,
-    store_error,
+    BATCH_GET_KEYS_MAX, CONCURRENCY_MAX, DynamoStore, Units, corrupt, get_n, get_s, s, store_error,
 };
-use crate::codec::stored::{decode_outcome, encode_outcome};
-use crate::codec::{WirePage, decode_page, encode_page};
-use crate::domain::{
-    AccountId, AccountState, Event, EventKind, Money, Page, Refusal, TxnId, TxnOutcome,
-};
-use crate::ports::{Append, AppendError, Appended, EventStore, PageWrite, StoreError};
+use crate::codec::decode_page;
+use crate::codec::stored::decode_outcome;
+use crate::domain::{AccountId, AccountState, Event, Money, Page, TxnId, TxnOutcome};
+use crate::ports::{Append, Appended, EventStore, Load, Loaded, StoreError};
 
-fn page_sk(first_version: u64) -> String {
+pub(super) fn page_sk(first_version: u64) -> String {
     format!("v#{first_version:020}")
 }
 
-fn marker_sk(txn: &str) -> String {
+pub(super) fn marker_sk(txn: &str) -> String {
     format!("t#{txn}")
-}
-
-/// What each item of a page's `TransactWriteItems` stands for, to read
-/// `CancellationReasons` by index.
-enum Item {
-    Page,
-    Outcome(TxnId),
-    Target(TxnId),
 }
 
 /// A marker item's outcome: the shared encoding in `o`, with the live `reversed` flag (the
@@ -59,35 +46,10 @@ fn outcome_of(
     Ok(Some(outcome))
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// `ClientRequestToken` of a page: a digest of everything the page writes (table included:
-/// tokens are shared by every table of an AWS account and region), so a retry of the same
-/// page is recognised by DynamoDB (for 10 minutes) and anything else is not.
-fn request_token(table: &str, account: &str, expected: u64, page: &PageWrite) -> String {
-    use md5::Digest;
-    let mut h = md5::Md5::new();
-    h.update(table.as_bytes());
-    h.update([0]);
-    h.update(account.as_bytes());
-    h.update(expected.to_le_bytes());
-    // The encoded outcome leaves out its txn id (the key it is stored under): add it.
-    for e in &page.events {
-        h.update(e.txn_id.as_str().as_bytes());
-        h.update(encode_outcome(&TxnOutcome::Booked {
-            event: e.clone(),
-            reversed: false,
-        }));
-    }
-    for r in &page.refusals {
-        h.update(r.command.txn_id().as_str().as_bytes());
-        h.update(encode_outcome(&TxnOutcome::Refused(r.clone())));
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl DynamoStore {
@@ -134,7 +96,7 @@ impl DynamoStore {
 
     /// The account's tip, and whether it has any item at all (an account with no events
     /// may still have refused txn ids). One query.
-    async fn head(&self, account: &str) -> Result<(AccountState, bool), StoreError> {
+    pub(super) async fn head(&self, account: &str) -> Result<(AccountState, bool), StoreError> {
         match self.last_item(account, None).await? {
             Some(item) if get_s(&item, "sk").is_some_and(|k| k.starts_with("v#")) => Ok((
                 AccountState {
@@ -148,7 +110,111 @@ impl DynamoStore {
         }
     }
 
-    async fn outcomes(
+    /// The port's `load_many`: the tips not known, one query each (concurrently); then the
+    /// markers of every account that may have any, 100 keys per `BatchGetItem` whatever
+    /// their accounts (concurrently).
+    async fn load_all(&self, loads: Vec<Load>) -> Vec<Result<Loaded, StoreError>> {
+        let loads_ref = &loads;
+        let heads: Vec<Result<(AccountState, bool, bool), StoreError>> =
+            stream::iter(0..loads.len())
+                .map(|i| async move {
+                    let l = &loads_ref[i];
+                    match l.known {
+                        // A known tip means the account exists: its markers are worth reading.
+                        Some(tip) => Ok((tip, true, false)),
+                        None => self
+                            .head(l.account.as_str())
+                            .await
+                            .map(|(tip, any)| (tip, any, true)),
+                    }
+                })
+                .buffered(CONCURRENCY_MAX)
+                .collect()
+                .await;
+        let mut keys: Vec<(&str, &TxnId)> = loads
+            .iter()
+            .zip(&heads)
+            .filter(|(_, h)| matches!(h, Ok((_, true, _))))
+            .flat_map(|(l, _)| l.txns.iter().map(|t| (l.account.as_str(), t)))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let found = self.markers(&keys).await;
+        loads
+            .iter()
+            .zip(heads)
+            .map(|(l, head)| {
+                let (tip, any, fresh) = head?;
+                let outcomes = match (&found, any) {
+                    (_, false) => vec![None; l.txns.len()],
+                    (Ok(found), true) => l
+                        .txns
+                        .iter()
+                        .map(|t| found.get(&(l.account.as_str(), t)).cloned())
+                        .collect(),
+                    (Err(e), true) => return Err(e.clone()),
+                };
+                Ok(Loaded {
+                    tip,
+                    fresh,
+                    outcomes,
+                })
+            })
+            .collect()
+    }
+
+    /// The outcomes stored under `keys` (account, txn), in `BatchGetItem`s of up to 100 keys.
+    async fn markers<'a>(
+        &self,
+        keys: &[(&'a str, &'a TxnId)],
+    ) -> Result<HashMap<(&'a str, &'a TxnId), TxnOutcome>, StoreError> {
+        let now = now_secs();
+        let requests: Vec<Vec<HashMap<String, AttributeValue>>> = keys
+            .chunks(BATCH_GET_KEYS_MAX)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(account, t)| {
+                        HashMap::from([
+                            ("pk".to_owned(), s(*account)),
+                            ("sk".to_owned(), s(marker_sk(t.as_str()))),
+                        ])
+                    })
+                    .collect()
+            })
+            .collect();
+        let table = &self.config.events_table;
+        let calls: Vec<Result<Vec<HashMap<String, AttributeValue>>, StoreError>> =
+            stream::iter(requests)
+                .map(|keys| self.batch_get(table, keys))
+                .buffer_unordered(CONCURRENCY_MAX)
+                .collect()
+                .await;
+        let wanted: HashMap<(&str, &str), (&'a str, &'a TxnId)> = keys
+            .iter()
+            .map(|&(a, t)| ((a, t.as_str()), (a, t)))
+            .collect();
+        let mut found = HashMap::new();
+        for items in calls {
+            for item in items? {
+                let (Some(account), Some(raw)) = (
+                    get_s(&item, "pk"),
+                    get_s(&item, "sk").and_then(|k| k.strip_prefix("t#")),
+                ) else {
+                    continue;
+                };
+                let Some(&(a, t)) = wanted.get(&(account, raw)) else {
+                    continue;
+                };
+                if let Some(o) = outcome_of(t, &item, now)? {
+                    found.insert((a, t), o);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn outcomes(
         &self,
         account: &str,
         txns: &[TxnId],
@@ -179,263 +245,6 @@ impl DynamoStore {
             }
         }
         Ok(found)
-    }
-
-    /// The condition a new outcome marker is written under: no marker, or (with a TTL) only
-    /// an expired one.
-    fn fresh_marker(&self) -> &'static str {
-        if self.config.marker_ttl_secs.is_some() {
-            "attribute_not_exists(sk) OR expires_at <= :now"
-        } else {
-            "attribute_not_exists(sk)"
-        }
-    }
-
-    fn marker_put(
-        &self,
-        account: &str,
-        txn: &TxnId,
-        outcome: &TxnOutcome,
-        now: i64,
-    ) -> Result<Put, StoreError> {
-        let (label, version, reversed) = match outcome {
-            TxnOutcome::Booked { event, reversed } => ("booked", event.version, Some(*reversed)),
-            TxnOutcome::Refused(r) => ("refused", r.version, None),
-        };
-        let mut put = Put::builder()
-            .table_name(&self.config.events_table)
-            .item("pk", s(account))
-            .item("sk", s(marker_sk(txn.as_str())))
-            .item("outcome", s(label))
-            .item("version", n(version))
-            .item("o", AttributeValue::B(Blob::new(encode_outcome(outcome))))
-            .condition_expression(self.fresh_marker());
-        if let Some(reversed) = reversed {
-            put = put.item("reversed", AttributeValue::Bool(reversed));
-        }
-        if let Some(ttl) = self.config.marker_ttl_secs {
-            put = put
-                .item("expires_at", n(now.saturating_add_unsigned(ttl)))
-                .expression_attribute_values(":now", n(now));
-        }
-        built(put.build())
-    }
-
-    /// One page as one `TransactWriteItems` (the marker rule of `domain::record` as item
-    /// conditions: each outcome put only where none exists, each reversal's target flipped
-    /// only while booked and unreversed), or, for a single refusal, one conditional `PutItem`.
-    async fn append_page(
-        &self,
-        account: &AccountId,
-        expected: u64,
-        page: &PageWrite,
-    ) -> Result<(), AppendError> {
-        // Seconds of ledger time the TTL counts from, fixed by the page so a retry is identical.
-        let now = page
-            .events
-            .first()
-            .map(|e| e.recorded_at.millis() / 1000)
-            .unwrap_or_else(now_secs);
-        if page.events.is_empty() && page.refusals.len() == 1 {
-            return self.put_refusal(account, &page.refusals[0], now).await;
-        }
-        let (items, meaning) = self.page_items(account, page, now)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(request_token(
-                &self.config.events_table,
-                account.as_str(),
-                expected,
-                page,
-            ))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        let e = match result {
-            Ok(out) => {
-                self.charge(Units::Write, out.consumed_capacity());
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-            cancel,
-        )) = e.as_service_error()
-        else {
-            return Err(AppendError::Store(store_error(&e)));
-        };
-        for (reason, what) in cancel.cancellation_reasons().iter().zip(&meaning) {
-            match (reason.code(), what) {
-                (Some("ConditionalCheckFailed"), Item::Page) => {
-                    let current = self.head(account.as_str()).await?.0.version;
-                    return Err(AppendError::Conflict { current });
-                }
-                (Some("ConditionalCheckFailed"), Item::Outcome(txn)) => {
-                    return Err(AppendError::DuplicateTxn(txn.clone()));
-                }
-                (Some("ConditionalCheckFailed"), Item::Target(txn)) => {
-                    return Err(AppendError::TargetReversed(txn.clone()));
-                }
-                (Some("ThrottlingError" | "ProvisionedThroughputExceeded"), _) => {
-                    return Err(StoreError::Throttled.into());
-                }
-                _ => {}
-            }
-        }
-        Err(AppendError::Store(store_error(&e)))
-    }
-
-    /// One account's pages in order, stopping at the first that fails.
-    async fn append_account(&self, a: &Append) -> Appended {
-        let mut expected = a.expected_version;
-        for (i, page) in a.pages.iter().enumerate() {
-            if let Err(e) = self.append_page(&a.account, expected, page).await {
-                return Appended {
-                    pages: i,
-                    error: Some(e),
-                };
-            }
-            if let Some(last) = page.events.last() {
-                expected = last.version;
-            }
-        }
-        Appended {
-            pages: a.pages.len(),
-            error: None,
-        }
-    }
-
-    /// The items of one page's transaction, and what each stands for.
-    fn page_items(
-        &self,
-        account: &AccountId,
-        page: &PageWrite,
-        now: i64,
-    ) -> Result<(Vec<TransactWriteItem>, Vec<Item>), StoreError> {
-        let table = &self.config.events_table;
-        let pk = account.as_str();
-        let mut items = Vec::new();
-        let mut meaning = Vec::new();
-        if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
-            let wire = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
-            let bytes = encode_page(&WirePage::from_page(&wire)).map_err(corrupt)?;
-            let put = Put::builder()
-                .table_name(table)
-                .item("pk", s(pk))
-                .item("sk", s(page_sk(first.version)))
-                .item("page", AttributeValue::B(Blob::new(bytes.to_vec())))
-                .item("last", n(last.version))
-                .item("balance", n(last.balance.minor()))
-                .condition_expression("attribute_not_exists(sk)");
-            items.push(
-                TransactWriteItem::builder()
-                    .put(built(put.build())?)
-                    .build(),
-            );
-            meaning.push(Item::Page);
-        }
-        // A reversal whose target is booked in this same page cannot update that marker
-        // (one operation per item per transaction): the target is written reversed instead.
-        let reversed_here: HashSet<&TxnId> = page
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Reversed { reverses, .. } => Some(reverses),
-                _ => None,
-            })
-            .filter(|t| page.events.iter().any(|e| &e.txn_id == *t))
-            .collect();
-        for event in &page.events {
-            let outcome = TxnOutcome::Booked {
-                event: event.clone(),
-                reversed: reversed_here.contains(&event.txn_id),
-            };
-            let put = self.marker_put(pk, &event.txn_id, &outcome, now)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-            meaning.push(Item::Outcome(event.txn_id.clone()));
-            if let EventKind::Reversed { reverses, .. } = &event.kind
-                && !reversed_here.contains(reverses)
-            {
-                items.push(
-                    TransactWriteItem::builder()
-                        .update(self.target_update(pk, reverses, now)?)
-                        .build(),
-                );
-                meaning.push(Item::Target(reverses.clone()));
-            }
-        }
-        for refusal in &page.refusals {
-            let txn = refusal.command.txn_id();
-            let put = self.marker_put(pk, txn, &TxnOutcome::Refused(refusal.clone()), now)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-            meaning.push(Item::Outcome(txn.clone()));
-        }
-        Ok((items, meaning))
-    }
-
-    /// Flips a reversal target's flag, only while it is a live, unexpired booking.
-    fn target_update(&self, pk: &str, target: &TxnId, now: i64) -> Result<Update, StoreError> {
-        let mut condition =
-            "attribute_exists(sk) AND outcome = :booked AND reversed = :f".to_owned();
-        let mut update = Update::builder()
-            .table_name(&self.config.events_table)
-            .key("pk", s(pk))
-            .key("sk", s(marker_sk(target.as_str())))
-            .update_expression("SET reversed = :t")
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":booked", s("booked"));
-        if self.config.marker_ttl_secs.is_some() {
-            condition.push_str(" AND (attribute_not_exists(expires_at) OR expires_at > :now)");
-            update = update.expression_attribute_values(":now", n(now));
-        }
-        built(update.condition_expression(condition).build())
-    }
-
-    /// A page of exactly one refusal: a conditional `PutItem` (1 write unit instead of a
-    /// transaction's 2). A retry after a timeout finds its own identical marker and succeeds.
-    async fn put_refusal(
-        &self,
-        account: &AccountId,
-        refusal: &Refusal,
-        now: i64,
-    ) -> Result<(), AppendError> {
-        let txn = refusal.command.txn_id();
-        let outcome = TxnOutcome::Refused(refusal.clone());
-        let put = self.marker_put(account.as_str(), txn, &outcome, now)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(put.table_name())
-            .set_item(Some(put.item().clone()))
-            .condition_expression(put.condition_expression().unwrap_or_default())
-            .set_expression_attribute_values(put.expression_attribute_values().cloned())
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                self.charge(Units::Write, out.consumed_capacity());
-                Ok(())
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                let stored = self
-                    .outcomes(account.as_str(), std::slice::from_ref(txn))
-                    .await?
-                    .remove(txn);
-                if stored.as_ref() == Some(&outcome) {
-                    Ok(())
-                } else {
-                    Err(AppendError::DuplicateTxn(txn.clone()))
-                }
-            }
-            Err(e) => Err(AppendError::Store(store_error(&e))),
-        }
     }
 
     async fn pages(
@@ -496,6 +305,10 @@ impl EventStore for DynamoStore {
         Ok((tip, txns.iter().map(|t| found.remove(t)).collect()))
     }
 
+    async fn load_many(&self, loads: Vec<Load>) -> Vec<Result<Loaded, StoreError>> {
+        self.load_all(loads).await
+    }
+
     async fn txn(
         &self,
         account: &AccountId,
@@ -508,13 +321,7 @@ impl EventStore for DynamoStore {
     }
 
     async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
-        // Accounts concurrently; one account's pages in order, stopping at the first failure.
-        let appends = &appends;
-        stream::iter(0..appends.len())
-            .map(|i| self.append_account(&appends[i]))
-            .buffered(CONCURRENCY_MAX)
-            .collect()
-            .await
+        self.append_all(&appends).await
     }
 
     async fn read(

@@ -39,7 +39,9 @@ use super::AwsConfig;
 use crate::ports::StoreError;
 use crate::service::metrics::{Metrics, milli_units};
 
+mod append;
 mod events;
+mod items;
 mod scan;
 mod snapshots;
 
