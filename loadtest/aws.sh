@@ -33,6 +33,16 @@ pid=""
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -INT "$pid"; wait "$pid" || true; fi
   rm -rf "$work"
+  # The emulators keep everything until they stop (kinesalite allows 100 shards in all).
+  PYTHONPATH="$PWD/.tools/python" python3 - <<'PY' || true
+import os, boto3
+kw = dict(region_name="eu-west-1", aws_access_key_id="local", aws_secret_access_key="local")
+ddb = boto3.client("dynamodb", endpoint_url=os.environ["AWS_ENDPOINT_URL_DYNAMODB"], **kw)
+for t in ("TALLY_EVENTS_TABLE", "TALLY_BALANCES_TABLE", "TALLY_QUARANTINE_TABLE"):
+    ddb.delete_table(TableName=os.environ[t])
+boto3.client("kinesis", endpoint_url=os.environ["AWS_ENDPOINT_URL_KINESIS"], **kw).delete_stream(
+    StreamName=os.environ["TALLY_STREAM"])
+PY
 }
 trap cleanup EXIT
 
@@ -42,10 +52,13 @@ zipf=()
 
 "$tally" serve --create-resources --addr "127.0.0.1:$port" 2>"$work/serve.log" &
 pid=$!
+up=""
 for _ in $(seq 1 300); do
-  curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { up=1; break; }
+  kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
 done
+[ -n "$up" ] || { echo "tally serve did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
 
 now() { date +%s.%N; }
 start="$(now)"

@@ -57,6 +57,9 @@ pub struct ConfigArgs {
     /// Seconds txn outcomes live (an operator's opt-in; 0 or unset: forever).
     #[arg(long, global = true, env = "TALLY_MARKER_TTL_SECS")]
     pub marker_ttl_secs: Option<String>,
+    /// DynamoDB requests one store call keeps in flight [default: 16].
+    #[arg(long, global = true, env = "TALLY_CONCURRENCY")]
+    pub concurrency: Option<String>,
     /// AWS region [default: the SDK's own chain, e.g. AWS_REGION].
     #[arg(long, global = true, env = "TALLY_REGION")]
     pub region: Option<String>,
@@ -121,6 +124,8 @@ pub struct AwsSettings {
     /// Table names and the marker TTL, as the DynamoDB adapter takes them.
     pub tables: AwsConfig,
     pub stream: String,
+    /// DynamoDB requests in flight per store call.
+    pub concurrency: usize,
     /// `None`: the SDK's own chain decides.
     pub region: Option<String>,
     pub dynamodb_endpoint: Option<String>,
@@ -314,6 +319,12 @@ fn aws_settings(args: &ConfigArgs) -> Result<AwsSettings, ConfigError> {
         stream: name!("--stream", "TALLY_STREAM")
             .required(&args.stream, WHY)?
             .to_owned(),
+        concurrency: name!("--concurrency", "TALLY_CONCURRENCY").number(
+            &args.concurrency,
+            crate::adapters::aws::dynamodb::CONCURRENCY_MAX,
+            1,
+            1_024,
+        )?,
         region: args
             .region
             .as_deref()
@@ -470,7 +481,8 @@ mod tests {
     #[test]
     fn every_numeric_setting_is_bounded_and_named() {
         type Set = fn(&mut ConfigArgs, Option<String>);
-        let settings: [(Set, &str); 8] = [
+        let settings: [(Set, &str); 9] = [
+            (|a, v| a.concurrency = v, "TALLY_CONCURRENCY"),
             (|a, v| a.tip_cache_entries = v, "TALLY_TIP_CACHE_ENTRIES"),
             (|a, v| a.buckets = v, "TALLY_BUCKETS"),
             (|a, v| a.shards = v, "TALLY_SHARDS"),

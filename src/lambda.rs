@@ -26,6 +26,11 @@ pub fn init_tracing(filter: Option<&str>) {
         .init();
 }
 
+/// Accounts per slice of a bulk call on AWS (see `CommandService::with_accounts_per_call`):
+/// a few transactions' worth, so the first slices are published (and projected) while the
+/// rest are appended.
+pub const ACCOUNTS_PER_CALL: usize = 256;
+
 /// The AWS-backed services of one process (a Lambda instance, or the CLI on AWS).
 pub struct AwsApp {
     pub store: DynamoStore,
@@ -55,7 +60,9 @@ impl AwsApp {
         let (dynamodb, kinesis) = clients(aws).await;
         let metrics = Arc::new(Metrics::default());
         AwsApp {
-            store: DynamoStore::new(dynamodb, aws.tables.clone()).with_metrics(metrics.clone()),
+            store: DynamoStore::new(dynamodb, aws.tables.clone())
+                .with_metrics(metrics.clone())
+                .with_concurrency(aws.concurrency),
             publisher: KinesisPublisher::new(kinesis.clone(), aws.stream.clone()),
             kinesis,
             stream: aws.stream.clone(),
@@ -78,6 +85,7 @@ impl AwsApp {
         )
         .with_metrics(self.metrics.clone())
         .with_tip_cache(self.tip_cache_entries)
+        .with_accounts_per_call(ACCOUNTS_PER_CALL)
     }
 
     /// The query service over DynamoDB.

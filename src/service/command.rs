@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
+
 use crate::codec::bucket::{bucket, partition_key};
 use crate::codec::{WirePage, encode_records};
 use crate::domain::limits::{
@@ -24,11 +26,15 @@ use crate::ports::{
     Append, AppendError, Appended, EventPublisher, EventStore, Load, OutRecord, PageWrite,
     StoreError,
 };
+use crate::service::locks::Turns;
 use crate::service::metrics::Metrics;
 use crate::service::tips::Tips;
 
 /// Accounts loaded (tip and outcomes) concurrently by one call, unless the store batches.
 pub use crate::ports::LOADS_IN_FLIGHT_MAX;
+
+/// Slices of one call in flight at once (see [`CommandService::with_accounts_per_call`]).
+pub const SLICES_IN_FLIGHT_MAX: usize = 4;
 
 /// What happened to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +154,8 @@ pub struct CommandService<S, P> {
     backoff: Backoff,
     metrics: Arc<Metrics>,
     tips: Arc<Tips>,
+    turns: Arc<Turns>,
+    accounts_per_call: usize,
 }
 
 /// One chunk's decisions that are not final yet, and the pages that make them final.
@@ -240,7 +248,19 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             backoff: jittered_backoff(),
             metrics: Arc::default(),
             tips: Arc::default(),
+            turns: Arc::default(),
+            accounts_per_call: usize::MAX,
         }
+    }
+
+    /// Cuts a call's accounts into slices of at most `accounts` that go through
+    /// concurrently (at most [`SLICES_IN_FLIGHT_MAX`]), each published as soon as it is
+    /// durable: the projector starts on the first accounts of a large bulk call while later
+    /// ones are still being appended. For a remote store; the embedded store commits a
+    /// call's accounts in one write transaction and is best left at one slice.
+    pub fn with_accounts_per_call(mut self, accounts: usize) -> Self {
+        self.accounts_per_call = accounts.max(1);
+        self
     }
 
     /// Remembers the tips its own appends leave, for up to `entries_max` accounts (0: off),
@@ -295,7 +315,39 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// page that was in fact written is recognised by the store). Both with jittered
     /// backoff, bounded by [`APPEND_RETRIES_MAX`]. Whatever was booked is published and its
     /// outcome returned, even alongside an error.
-    pub async fn submit_chunks(&self, chunks: Vec<AccountChunk>) -> Submitted {
+    ///
+    /// Calls of this service (and its clones) on the same accounts take turns (see
+    /// [`crate::service::locks`]). With [`Self::with_accounts_per_call`], the chunks are
+    /// cut into slices of accounts that go through concurrently, each published as soon
+    /// as it is durable.
+    pub async fn submit_chunks(&self, mut chunks: Vec<AccountChunk>) -> Submitted {
+        let _turns = self.turns.take(chunks.iter().map(|c| &c.account)).await;
+        if chunks.len() <= self.accounts_per_call {
+            return self.submit_slice(chunks).await;
+        }
+        let mut slices = Vec::with_capacity(chunks.len() / self.accounts_per_call + 1);
+        while !chunks.is_empty() {
+            let rest = chunks.split_off(self.accounts_per_call.min(chunks.len()));
+            slices.push(std::mem::replace(&mut chunks, rest));
+        }
+        let parts: Vec<Submitted> = stream::iter(slices)
+            .map(|slice| self.submit_slice(slice))
+            .buffered(SLICES_IN_FLIGHT_MAX)
+            .collect()
+            .await;
+        let mut all = Submitted {
+            outcomes: Vec::new(),
+            error: None,
+        };
+        for part in parts {
+            all.outcomes.extend(part.outcomes);
+            all.error = all.error.or(part.error);
+        }
+        all
+    }
+
+    /// One slice: book, then publish what was booked.
+    async fn submit_slice(&self, chunks: Vec<AccountChunk>) -> Submitted {
         let mut booked: Vec<Page> = Vec::new();
         let submitted = self.book(&chunks, &mut booked).await;
         Metrics::add(

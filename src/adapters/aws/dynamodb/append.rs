@@ -4,7 +4,7 @@
 //!
 //! Many accounts share a transaction: each round takes the next page of every account still
 //! going and packs them, whole, into transactions of at most [`TRANSACT_ITEMS_MAX`] items,
-//! sent concurrently (at most [`CONCURRENCY_MAX`] in flight). DynamoDB bills the same per
+//! sent concurrently (at most the store's concurrency in flight). DynamoDB bills the same per
 //! item either way, and DynamoDB (Local above all) answers a few large transactions far
 //! faster than many small ones. A transaction is all or nothing, so a cancelled one is read
 //! item by item (`CancellationReasons`): the account whose condition failed gets its error,
@@ -26,7 +26,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::events::{now_secs, page_sk};
 use super::items::{Item, request_token};
-use super::{CONCURRENCY_MAX, DynamoStore, Units, s, store_error};
+use super::{DynamoStore, Units, s, store_error};
 use crate::domain::limits::TRANSACT_ITEMS_MAX;
 use crate::domain::{AccountId, Refusal, TxnId, TxnOutcome};
 use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
@@ -235,7 +235,7 @@ impl DynamoStore {
         works.extend(pack(prepared).into_iter().map(Work::Transaction));
         let done: Vec<Vec<(usize, Fate)>> = stream::iter(works)
             .map(|work| self.run(appends, written, work))
-            .buffer_unordered(CONCURRENCY_MAX)
+            .buffer_unordered(self.concurrency)
             .collect()
             .await;
         fates.extend(done.into_iter().flatten());

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use futures_util::stream::{self, StreamExt};
 
-use super::{
-    BATCH_GET_KEYS_MAX, CONCURRENCY_MAX, DynamoStore, Units, corrupt, get_n, get_s, s, store_error,
-};
+use super::{BATCH_GET_KEYS_MAX, DynamoStore, Units, corrupt, get_n, get_s, s, store_error};
 use crate::codec::decode_page;
 use crate::codec::stored::decode_outcome;
 use crate::domain::{AccountId, AccountState, Event, Money, Page, TxnId, TxnOutcome};
@@ -128,7 +126,7 @@ impl DynamoStore {
                             .map(|(tip, any)| (tip, any, true)),
                     }
                 })
-                .buffered(CONCURRENCY_MAX)
+                .buffered(self.concurrency)
                 .collect()
                 .await;
         let mut keys: Vec<(&str, &TxnId)> = loads
@@ -187,7 +185,7 @@ impl DynamoStore {
         let calls: Vec<Result<Vec<HashMap<String, AttributeValue>>, StoreError>> =
             stream::iter(requests)
                 .map(|keys| self.batch_get(table, keys))
-                .buffer_unordered(CONCURRENCY_MAX)
+                .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
         let wanted: HashMap<(&str, &str), (&'a str, &'a TxnId)> = keys

@@ -51,7 +51,8 @@ pub use scan::SCAN_SEGMENTS_MAX;
 const BATCH_GET_KEYS_MAX: usize = 100;
 /// Rounds of retrying `UnprocessedKeys` before giving up as throttled.
 const UNPROCESSED_RETRIES_MAX: u32 = 8;
-/// Requests one store call keeps in flight (accounts appended, snapshots written).
+/// Requests one store call keeps in flight by default (transactions of appends, tip
+/// queries, marker reads, snapshot writes); [`DynamoStore::with_concurrency`] changes it.
 pub const CONCURRENCY_MAX: usize = 16;
 
 /// The DynamoDB adapter; cheap to clone (the client and the metrics are shared).
@@ -60,6 +61,7 @@ pub struct DynamoStore {
     client: Client,
     config: AwsConfig,
     metrics: Arc<Metrics>,
+    concurrency: usize,
 }
 
 /// Which counter a call's consumed capacity goes to.
@@ -131,7 +133,15 @@ impl DynamoStore {
             client,
             config,
             metrics: Arc::default(),
+            concurrency: CONCURRENCY_MAX,
         }
+    }
+
+    /// Requests one store call keeps in flight (at least 1): more hides more latency on
+    /// AWS; an emulator on a small machine may do better with fewer.
+    pub fn with_concurrency(mut self, requests: usize) -> DynamoStore {
+        self.concurrency = requests.max(1);
+        self
     }
 
     /// Counts consumed capacity into shared metrics.
