@@ -17,13 +17,7 @@ use tally::service::command::{CommandOutcome, CommandService};
 use crate::aws::{kinesis, store};
 
 fn tally() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TALLY_") && !k.starts_with("TALLY_TEST_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    crate::harness::tally_bin()
 }
 
 /// The flags that point the binary at this test's tables and stream on the emulators.
@@ -201,6 +195,7 @@ async fn every_data_command_runs_on_aws_as_on_the_embedded_backend() {
     assert!(out.contains("verified 5 accounts, 15 events"), "{out}");
     server.kill().unwrap();
     server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A bad setting stops every command before it does anything, naming flag and variable.
@@ -225,7 +220,12 @@ fn a_missing_or_bad_setting_is_named_before_anything_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("TALLY_OVERDRAFT_LIMIT"), "{err}");
-    assert!(!dir.join("tally.redb").exists() || std::fs::read_dir(&dir).unwrap().count() == 0);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing was opened"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     // A Lambda fails at cold start the same way.
     let out = Command::new(env!("CARGO_BIN_EXE_command"))
         .env_clear()
@@ -269,6 +269,7 @@ fn the_policy_is_configured_by_flag_or_variable() {
         text.contains("pat                                 -50"),
         "{text}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A first Ctrl-C stops the ingest between two windows: every row read has its outcome, the
@@ -353,6 +354,7 @@ fn an_interrupted_ingest_says_where_it_stopped_and_a_rerun_completes_it() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn at() -> Timestamp {
