@@ -25,6 +25,10 @@
 //! - [`cli`]: the CLI's data commands (`ingest`, `balance`, `history`, `verify`, `replay`),
 //!   written once over the ports for both backends; `src/main.rs` parses and dispatches.
 //! - [`workload`]: the reproducible workload generator behind `tally gen`.
+//! - [`entropy`]: the randomness that changes behaviour (retry jitter, cache eviction
+//!   order), in one place so a simulation can replay it from its seed.
+//! - [`sim`]: `tally sim`, the deterministic simulator of the whole pipeline (seeded
+//!   faults, interleavings and workload; a checker built on the reference model).
 
 pub mod adapters;
 pub mod app;
@@ -32,8 +36,10 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod domain;
+pub mod entropy;
 pub mod http;
 pub mod lambda;
 pub mod ports;
 pub mod service;
+pub mod sim;
 pub mod workload;

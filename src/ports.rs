@@ -6,7 +6,9 @@
 
 use std::future::Future;
 
-use crate::domain::{AccountId, AccountState, Event, Refusal, Snapshot, TxnId, TxnOutcome};
+use crate::domain::{
+    AccountId, AccountState, Event, Refusal, Segment, Snapshot, TxnId, TxnOutcome,
+};
 
 /// Accounts [`EventStore::load_many`] reads concurrently by default.
 pub const LOADS_IN_FLIGHT_MAX: usize = 16;
@@ -51,6 +53,31 @@ pub struct PageWrite {
 }
 
 impl PageWrite {
+    /// The shape every store checks before any condition: events with consecutive versions
+    /// continuing `expected`, and at most `PAGE_EVENTS_MAX` entries. A page that fails it is a
+    /// caller's bug, refused as corrupt rather than written as a gap.
+    pub fn check_shape(&self, expected: u64) -> Result<(), StoreError> {
+        use crate::domain::limits::PAGE_EVENTS_MAX;
+        if self.len() > PAGE_EVENTS_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "a page of {} entries exceeds {PAGE_EVENTS_MAX}",
+                self.len()
+            )));
+        }
+        let mut next = expected.checked_add(1);
+        for e in &self.events {
+            if Some(e.version) != next {
+                return Err(StoreError::Corrupt(format!(
+                    "event version {} does not continue version {}",
+                    e.version,
+                    next.map_or(u64::MAX, |n| n - 1)
+                )));
+            }
+            next = e.version.checked_add(1);
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.events.len() + self.refusals.len()
     }
@@ -182,6 +209,16 @@ pub trait EventStore: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Summaries of the account's complete segments with index `from` or more, in index
+    /// order, at most `limit` (see `domain::segment`). A summary may be missing (a backend
+    /// that writes them after the events, best effort): callers read the events instead.
+    fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Segment>, StoreError>> + Send;
 
     /// Every account with its newest version, in account order, starting after `after`,
     /// at most `limit` of them (for catch-up, replay and verify).

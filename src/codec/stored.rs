@@ -1,10 +1,10 @@
-//! Little-endian layouts for the small values the stores keep: snapshots, txn outcomes
-//! (both stores) and tips. Decoding checks lengths and ranges and never panics.
+//! Little-endian layouts for the small values the stores keep: snapshots, txn outcomes and
+//! segment summaries (both stores) and tips. Decoding checks lengths and ranges and never panics.
 
 use super::CodecError;
 use crate::domain::{
-    AccountState, Command, Event, EventKind, Money, Month, Refusal, Rejection, Snapshot, Timestamp,
-    TxnId, TxnOutcome,
+    AccountState, Command, Event, EventKind, Money, Month, Refusal, Rejection, Segment, Snapshot,
+    Timestamp, TxnId, TxnOutcome,
 };
 
 const SNAPSHOT_BYTES: usize = 101;
@@ -319,6 +319,37 @@ pub fn decode_outcome(txn: &TxnId, bytes: &[u8]) -> Result<TxnOutcome, CodecErro
         return Err(invalid("outcome", "trailing bytes"));
     }
     Ok(outcome)
+}
+
+const SEGMENT_BYTES: usize = 1 + 8 + 8 + 16;
+
+/// A segment summary (its index is the key).
+pub fn encode_segment(s: &Segment) -> [u8; SEGMENT_BYTES] {
+    let mut out = [0u8; SEGMENT_BYTES];
+    out[0] = 1; // layout version
+    out[1..9].copy_from_slice(&s.earliest.millis().to_le_bytes());
+    out[9..17].copy_from_slice(&s.latest.millis().to_le_bytes());
+    out[17..33].copy_from_slice(&s.net.to_le_bytes());
+    out
+}
+
+pub fn decode_segment(index: u64, bytes: &[u8]) -> Result<Segment, CodecError> {
+    if bytes.len() != SEGMENT_BYTES || bytes[0] != 1 {
+        return Err(invalid("segment", format_args!("{} bytes", bytes.len())));
+    }
+    let mut f = Fields(&bytes[1..]);
+    let time = |ms: i64| Timestamp::from_millis(ms).ok_or_else(|| invalid("segment time", ms));
+    let (earliest, latest) = (time(f.i64())?, time(f.i64())?);
+    let net = f.i128();
+    if earliest > latest {
+        return Err(invalid("segment", "earliest after latest"));
+    }
+    Ok(Segment {
+        index,
+        earliest,
+        latest,
+        net,
+    })
 }
 
 pub fn encode_tip(t: &AccountState) -> [u8; 16] {

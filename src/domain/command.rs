@@ -207,6 +207,9 @@ fn check_amount(amount: Money, policy: &Policy) -> Result<(), Rejection> {
 /// withdrawal is "insufficient funds", not an overflow.
 fn check_funds(balance: Money, amount: Money, policy: &Policy) -> Result<(), Rejection> {
     let after = i128::from(balance.minor()) - i128::from(amount.minor());
+    // A mutation the simulator must catch: one minor unit past the overdraft limit passes.
+    #[cfg(feature = "mutation-overdraft")]
+    let after = after + 1;
     if after < -i128::from(policy.overdraft_limit) {
         return Err(Rejection::InsufficientFunds {
             balance,

@@ -26,6 +26,11 @@ pub const TRANSACT_ITEMS_MAX: usize = 100;
 #[allow(clippy::int_plus_one)]
 const _: () = assert!(1 + 2 * PAGE_EVENTS_MAX <= TRANSACT_ITEMS_MAX);
 
+/// Versions per segment summary (`domain::segment`): segment `k` (from 0) covers versions
+/// `k * SEGMENT_EVENTS + 1 ..= (k + 1) * SEGMENT_EVENTS`. A point-in-time balance reads one
+/// summary per segment. Fixed for the life of a store: changing it orphans the summaries.
+pub const SEGMENT_EVENTS: u64 = 1024;
+
 /// How often the command service reloads and decides again after losing a race.
 pub const APPEND_RETRIES_MAX: u32 = 16;
 

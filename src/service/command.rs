@@ -136,12 +136,10 @@ pub fn jittered_backoff() -> Backoff {
     Arc::new(retry_delay)
 }
 
+/// The jitter comes from [`crate::entropy`], so a simulation replays it from its seed.
 pub(crate) fn retry_delay(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
+    Duration::from_micros(crate::entropy::next_u64() % (ceiling * 1_000) + 1)
 }
 
 #[derive(Clone)]
@@ -400,41 +398,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 }
             }
             retry.extend(pending.iter().copied().filter(|&i| plans[i].is_none()));
-            // Chunks that write nothing (replays only) settle without a store call.
-            let (writing, settled): (Vec<usize>, Vec<usize>) = pending
-                .iter()
-                .copied()
-                .filter(|&i| plans[i].is_some())
-                .partition(|&i| plans[i].as_ref().is_some_and(|p| !p.pages.is_empty()));
-            let appends = writing
-                .iter()
-                .filter_map(|&i| {
-                    let plan = plans[i].as_ref()?;
-                    Some(Append {
-                        account: chunks[i].account.clone(),
-                        expected_version: plan.expected.first().copied().unwrap_or(0),
-                        pages: plan.pages.clone(),
-                    })
-                })
-                .collect();
-            let mut results = self.store.append(appends).await.into_iter();
-            let nothing = || Appended {
-                pages: 0,
-                error: None,
-            };
-            let results = writing
-                .into_iter()
-                .map(|i| {
-                    let r = results.next().unwrap_or_else(|| {
-                        Appended::failed(AppendError::Store(StoreError::Unavailable(
-                            "the store returned fewer results than appends".into(),
-                        )))
-                    });
-                    (i, r)
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .chain(settled.into_iter().map(|i| (i, nothing())));
+            let results = self.append_planned(chunks, &plans, &pending).await;
             for (i, result) in results {
                 let plan = plans[i].as_mut().expect("planned chunks have a plan");
                 let account = &chunks[i].account;
@@ -483,6 +447,52 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             outcomes: done,
             error: None,
         }
+    }
+
+    /// One store call with the pages of every planned chunk of `pending`; one result per
+    /// planned chunk (a chunk whose plan writes nothing, only replays, settles without one).
+    async fn append_planned(
+        &self,
+        chunks: &[AccountChunk],
+        plans: &[Option<Plan>],
+        pending: &[usize],
+    ) -> Vec<(usize, Appended)> {
+        let (writing, settled): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .copied()
+            .filter(|&i| plans[i].is_some())
+            .partition(|&i| plans[i].as_ref().is_some_and(|p| !p.pages.is_empty()));
+        let appends = writing
+            .iter()
+            .filter_map(|&i| {
+                let plan = plans[i].as_ref()?;
+                Some(Append {
+                    account: chunks[i].account.clone(),
+                    expected_version: plan.expected.first().copied().unwrap_or(0),
+                    pages: plan.pages.clone(),
+                })
+            })
+            .collect();
+        let mut results = self.store.append(appends).await.into_iter();
+        let mut out: Vec<(usize, Appended)> = writing
+            .into_iter()
+            .map(|i| {
+                let r = results.next().unwrap_or_else(|| {
+                    Appended::failed(AppendError::Store(StoreError::Unavailable(
+                        "the store returned fewer results than appends".into(),
+                    )))
+                });
+                (i, r)
+            })
+            .collect();
+        out.extend(settled.into_iter().map(|i| {
+            let nothing = Appended {
+                pages: 0,
+                error: None,
+            };
+            (i, nothing)
+        }));
+        out
     }
 
     /// Loads (one [`EventStore::load_many`]) and decides the undecided rest of each chunk in

@@ -113,6 +113,52 @@ impl<W: Write> Rejects<W> {
     }
 }
 
+/// One window as the reader thread hands it over: valid rows, invalid rows (in line order),
+/// and whether the input ended with an error that stops reading.
+struct Window {
+    rows: Vec<Row>,
+    invalid: Vec<RowError>,
+    fatal: Option<RowError>,
+}
+
+/// Windows read ahead while the previous one is decided and committed: bounds memory to
+/// this many windows plus the one in flight.
+const WINDOWS_AHEAD_MAX: usize = 1;
+
+/// Reads windows on a thread of its own (parsing overlaps deciding and committing the window
+/// before), until the input ends or the receiver is gone.
+fn read_windows<R: Read>(rows: RowReader<R>, out: tokio::sync::mpsc::Sender<Window>) {
+    let mut window = Window {
+        rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+        invalid: Vec::new(),
+        fatal: None,
+    };
+    for item in rows {
+        match item {
+            Ok(row) => window.rows.push(row),
+            Err(e) if e.fatal => {
+                window.fatal = Some(e);
+                break;
+            }
+            Err(e) => window.invalid.push(e),
+        }
+        if window.rows.len() + window.invalid.len() >= INGEST_WINDOW_ROWS {
+            let next = Window {
+                rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+                invalid: Vec::new(),
+                fatal: None,
+            };
+            if out
+                .blocking_send(std::mem::replace(&mut window, next))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let _ = out.blocking_send(window);
+}
+
 /// What one window came to, for progress reports and for callers that follow the events
 /// (to wait until they are projected, to show the file's balances).
 #[derive(Debug, Clone, Copy)]
@@ -126,72 +172,87 @@ pub struct Progress<'a> {
 }
 
 /// Ingests every row of `rows`. `progress` is called after each window.
-pub async fn ingest<R: Read, S: EventStore, P: EventPublisher, W: Write>(
+pub async fn ingest<R, S, P, W>(
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     progress: impl FnMut(&Progress),
-) -> Result<IngestSummary, IngestError> {
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
     ingest_until(rows, service, rejects, progress, || false).await
 }
 
 /// [`ingest`], stopping between two windows once `stop` says so: every row read until
 /// then has its outcome, and the error names the first line not read
 /// ([`StopCause::Interrupted`]).
-pub async fn ingest_until<R: Read, S: EventStore, P: EventPublisher, W: Write>(
+pub async fn ingest_until<R, S, P, W>(
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     mut progress: impl FnMut(&Progress),
     stop: impl Fn() -> bool,
-) -> Result<IngestSummary, IngestError> {
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
     let started = Instant::now();
     let mut summary = IngestSummary::default();
-    let mut window: Vec<Row> = Vec::with_capacity(INGEST_WINDOW_ROWS);
+    let (tx, mut windows) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
+    let reader = std::thread::Builder::new()
+        .name("tally-read".into())
+        .spawn(move || read_windows(rows, tx))
+        .map_err(|e| {
+            IngestError::Input(RowError {
+                line: 0,
+                field: None,
+                message: format!("cannot start the reader thread: {e}"),
+                fatal: true,
+            })
+        })?;
     let mut read_error = None;
-    for item in rows {
-        summary.rows += 1;
-        match item {
-            Ok(row) => window.push(row),
-            Err(e) if e.fatal => {
-                // Not a row: the input cannot be read further. Book what was read, then say
-                // where it stopped.
-                summary.rows -= 1;
-                read_error = Some(e);
-                break;
-            }
-            Err(e) => {
-                summary.invalid += 1;
-                let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
-                if let Err(io) = rejects.write(e.line, "", "", what) {
-                    return Err(stopped(summary, started, e.line, StopCause::Rejects(io)));
-                }
+    while let Some(window) = windows.recv().await {
+        let read = window.rows.len() + window.invalid.len();
+        summary.rows += read as u64;
+        for e in &window.invalid {
+            summary.invalid += 1;
+            let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
+            if let Err(io) = rejects.write(e.line, "", "", what) {
+                return Err(stopped(summary, started, e.line, StopCause::Rejects(io)));
             }
         }
-        if window.len() >= INGEST_WINDOW_ROWS {
-            let rows = std::mem::take(&mut window);
-            let next_line = rows.last().map_or(0, |r| r.line + 1);
-            match submit_window(rows, service, rejects, &mut summary).await {
-                Ok(accounts) => progress(&Progress {
-                    rows: summary.rows,
-                    summary: &summary,
-                    accounts: &accounts,
-                }),
-                Err((line, cause)) => return Err(stopped(summary, started, line, cause)),
-            }
-            if stop() {
-                return Err(stopped(summary, started, next_line, StopCause::Interrupted));
-            }
+        let last_line = window
+            .rows
+            .last()
+            .map(|r| r.line)
+            .max(window.invalid.last().map(|e| e.line));
+        match submit_window(window.rows, service, rejects, &mut summary).await {
+            Ok(accounts) => progress(&Progress {
+                rows: summary.rows,
+                summary: &summary,
+                accounts: &accounts,
+            }),
+            Err((line, cause)) => return Err(stopped(summary, started, line, cause)),
+        }
+        if window.fatal.is_some() {
+            read_error = window.fatal;
+            break;
+        }
+        // Rows the reader thread read ahead have no outcome yet: the next line is where a
+        // rerun resumes. (A window short of full was the input's last.)
+        if let Some(line) = last_line.filter(|_| read >= INGEST_WINDOW_ROWS && stop()) {
+            return Err(stopped(summary, started, line + 1, StopCause::Interrupted));
         }
     }
-    match submit_window(window, service, rejects, &mut summary).await {
-        Ok(accounts) => progress(&Progress {
-            rows: summary.rows,
-            summary: &summary,
-            accounts: &accounts,
-        }),
-        Err((line, cause)) => return Err(stopped(summary, started, line, cause)),
-    }
+    drop(windows);
+    let _ = reader.join(); // it has sent its last window, or stops at its next send
     summary.elapsed = started.elapsed();
     match read_error {
         Some(e) => Err(stopped(summary, started, e.line, StopCause::Read(e))),

@@ -187,6 +187,20 @@ async fn dynamodb_refusals_are_outcomes_even_without_events() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_page_that_does_not_continue_its_versions_is_refused() {
+    if let Some(store) = store("shape").await {
+        store_contract::a_page_that_does_not_continue_its_versions_is_refused(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_point_in_time_reads_agree_with_every_event() {
+    if let Some(store) = store("pit").await {
+        store_contract::point_in_time_reads_agree_with_every_event(store).await;
+    }
+}
+
 /// With an operator's TTL, an expired marker DynamoDB has not deleted yet counts as deleted:
 /// the id may be decided again, and the transaction can no longer be reversed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +468,7 @@ async fn a_generated_file_ingested_twice_on_dynamodb_changes_nothing() {
     let consumers = spawn_consumers(stream.clone(), projector, Mapping::default());
     let commands = CommandService::new(store.clone(), stream, Policy::default(), 64, Arc::new(at));
     let run = || async {
-        let rows = RowReader::new(csv.as_slice(), Format::Csv).unwrap();
+        let rows = RowReader::new(std::io::Cursor::new(csv.clone()), Format::Csv).unwrap();
         let mut rejects = Rejects::new(Vec::new()).unwrap();
         let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
         consumers.drain().await;

@@ -143,6 +143,16 @@ impl<T: EventStore> EventStore for Meter<T> {
         Ok(events)
     }
 
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<tally::domain::Segment>, StoreError> {
+        self.model.lock().unwrap().read += 1;
+        self.inner.segments(account, from, limit).await
+    }
+
     async fn accounts(
         &self,
         after: Option<&AccountId>,
@@ -426,4 +436,105 @@ async fn cost_table() {
         }
     }
     println!("{}", rows.join("\n"));
+}
+
+/// What a refusal costs on DynamoDB, per refusal, three ways: a single refused command (its
+/// outcome is one conditional `PutItem`), refusals recorded in a page with events (one
+/// transactional item each), and a replayed refusal (reads only). Measured with the billing
+/// model and with DynamoDB Local's own figures; printed for BENCHMARKS.md and asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_of_a_refusal_on_dynamodb() {
+    let Some(store) = crate::aws::store("refusal-cost").await else {
+        return;
+    };
+    let n = 200u64;
+    let metrics = Arc::new(Metrics::default());
+    let model = Arc::new(Mutex::new(Model::default()));
+    let at = || Timestamp::from_millis(1_793_523_600_000).expect("in range");
+    let service = CommandService::new(
+        Meter {
+            inner: store.clone().with_metrics(metrics.clone()),
+            model: model.clone(),
+        },
+        Recorder::default(),
+        Policy::default(),
+        BUCKETS_DEFAULT,
+        Arc::new(at),
+    );
+    let withdraw = |account: String, txn: String| AccountChunk {
+        account: AccountId::new(account).unwrap(),
+        commands: vec![Command::Withdraw {
+            txn_id: TxnId::new(txn).unwrap(),
+            amount: Money(5),
+            occurred_at: at(),
+        }],
+    };
+    let measure = async |label: &str, chunks: Vec<AccountChunk>, per: u64| {
+        let before = (units(&metrics), *model.lock().unwrap());
+        let out = service.submit_chunks(chunks).await.into_result().unwrap();
+        let after = (units(&metrics), *model.lock().unwrap());
+        let row = format!(
+            "| {label} | {:.2} [{:.2}] | {:.2} [{:.2}] |",
+            (after.1.read - before.1.read) as f64 / per as f64,
+            (after.0.0 - before.0.0) / per as f64,
+            (after.1.write - before.1.write) as f64 / per as f64,
+            (after.0.1 - before.0.1) / per as f64,
+        );
+        eprintln!("{row}");
+        (
+            out,
+            after.1.write - before.1.write,
+            after.1.read - before.1.read,
+        )
+    };
+    // Single refused commands on empty accounts: one PutItem each.
+    let single: Vec<_> = (0..n)
+        .map(|i| withdraw(format!("r{i}"), format!("w{i}")))
+        .collect();
+    let (out, writes, _) = measure("single refusal", single.clone(), n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[0], CommandOutcome::Refused(_)))
+    );
+    assert_eq!(writes, n, "1 write unit per single refusal");
+    // The same again: replayed from the stored outcome, no write.
+    let (out, writes, reads) = measure("replayed refusal", single, n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[0], CommandOutcome::ReplayedRefusal(_)))
+    );
+    assert_eq!(
+        (writes, reads),
+        (0, 2 * n),
+        "a head query and one outcome read"
+    );
+    // In a page with an event: one transactional item (2 units) per refusal on top of the
+    // deposit's own page and marker.
+    let mixed: Vec<_> = (0..n)
+        .map(|i| AccountChunk {
+            account: AccountId::new(format!("m{i}")).unwrap(),
+            commands: vec![
+                Command::Deposit {
+                    txn_id: TxnId::new("d").unwrap(),
+                    amount: Money(1),
+                    occurred_at: at(),
+                },
+                Command::Withdraw {
+                    txn_id: TxnId::new("w").unwrap(),
+                    amount: Money(5),
+                    occurred_at: at(),
+                },
+            ],
+        })
+        .collect();
+    let (out, writes, _) = measure("deposit + refusal, one page", mixed, n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[1], CommandOutcome::Refused(_)))
+    );
+    assert_eq!(
+        writes,
+        n * (2 + 2 + 2),
+        "page 2 + deposit marker 2 + refusal 2"
+    );
 }

@@ -15,14 +15,16 @@ fn tally() -> Command {
 
 /// Starts `tally serve` on an ephemeral loopback port; returns it and its address.
 fn serve(dir: &std::path::Path) -> (Child, SocketAddr) {
+    let dir = dir.to_str().unwrap();
+    serve_with(&["--data-dir", dir, "serve", "--addr", "127.0.0.1:0"], &[])
+}
+
+/// Starts `tally` with `args` (a `serve` command on port 0) and `envs`; returns the process
+/// and the address it announced.
+pub(crate) fn serve_with(args: &[&str], envs: &[(&str, String)]) -> (Child, SocketAddr) {
     let mut child = tally()
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-        ])
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -38,7 +40,16 @@ fn serve(dir: &std::path::Path) -> (Child, SocketAddr) {
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        let mut log =
+            std::env::var_os("TALLY_TEST_SERVER_LOG").and_then(|p| std::fs::File::create(p).ok());
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = log.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     (child, addr)
 }
 

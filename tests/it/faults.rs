@@ -179,6 +179,15 @@ impl<T: EventStore> EventStore for Flaky<T> {
         self.inner.read(account, from, to).await
     }
 
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<tally::domain::Segment>, StoreError> {
+        self.inner.segments(account, from, limit).await
+    }
+
     async fn accounts(
         &self,
         after: Option<&AccountId>,

@@ -4,6 +4,7 @@
 
 mod aws;
 mod aws_cli;
+mod clients;
 mod codec_robustness;
 mod cost;
 mod crash;
@@ -18,4 +19,5 @@ mod properties;
 mod races;
 mod reference;
 mod rows;
+mod sim;
 mod store_contract;

@@ -92,7 +92,7 @@ fn ref_command(c: &Command) -> RefCmd {
 }
 
 async fn ingest_text(app: &Embedded, csv: &str) -> tally::service::ingest::IngestSummary {
-    let rows = RowReader::new(csv.as_bytes(), Format::Csv).unwrap();
+    let rows = RowReader::new(std::io::Cursor::new(csv.as_bytes().to_vec()), Format::Csv).unwrap();
     let mut rejects = Rejects::new(Vec::new()).unwrap();
     let summary = ingest(rows, &app.commands, &mut rejects, |_| {})
         .await

@@ -268,3 +268,46 @@ async fn verify_reports_a_lagging_snapshot_without_repairing_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Group commit: 200 commands sent at once to a store on disk share durable commits, and
+/// each gets exactly the outcome it would alone (here: booked, with its own event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_share_durable_commits_and_keep_their_outcomes() {
+    use tally::service::command::CommandOutcome;
+    let dir = temp_dir("group");
+    let store = EmbeddedStore::open(&dir).unwrap();
+    let service = Arc::new(CommandService::new(
+        store.clone(),
+        tally::adapters::embedded::stream::EmbeddedStream::new(1, Arc::default()),
+        Policy::default(),
+        64,
+        Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
+    ));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let account = AccountId::new(format!("g{}", i % 20)).unwrap();
+                let command = Command::Deposit {
+                    txn_id: TxnId::new(format!("g{i}")).unwrap(),
+                    amount: Money(i + 1),
+                    occurred_at: Timestamp::from_millis(1_793_523_600_000).unwrap(),
+                };
+                service.submit(account, command).await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap().unwrap() {
+            CommandOutcome::Booked(e) => assert_eq!(e.txn_id.as_str(), format!("g{i}")),
+            other => panic!("g{i}: {other:?}"),
+        }
+    }
+    let (commits, requests) = store.commit_counts();
+    assert!(requests >= 200, "{requests}");
+    assert!(
+        commits * 2 <= requests,
+        "{commits} commits for {requests} requests: no grouping"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

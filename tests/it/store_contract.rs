@@ -569,3 +569,196 @@ async fn embedded_load_many_answers_each_account_as_load_does() {
 async fn embedded_refusals_are_outcomes_even_without_events() {
     refusals_are_outcomes_even_without_events(EmbeddedStore::in_memory().unwrap()).await;
 }
+
+/// A balance as of a business time, read through segment summaries, equals the sum over
+/// every event at or before that instant — with backdated events straddling segments — and
+/// the store holds one summary per complete segment.
+pub async fn point_in_time_reads_agree_with_every_event<S: EventStore + Clone>(store: S) {
+    use tally::domain::limits::SEGMENT_EVENTS;
+    use tally::service::query::QueryService;
+    let acct = AccountId::new("pit-1").unwrap();
+    let n = 2 * SEGMENT_EVENTS + 300;
+    let base = 1_793_523_600_000i64;
+    // Mostly in business-time order, every 97th event backdated by a day.
+    let at_of =
+        |v: u64| base + v as i64 * 60_000 - if v.is_multiple_of(97) { 86_400_000 } else { 0 };
+    let mut events = Vec::new();
+    let mut balance = 0;
+    for v in 1..=n {
+        let amount = (v % 13 + 1) as i64;
+        balance += amount;
+        let mut e = deposit(v, &format!("p{v}"), amount, balance);
+        e.occurred_at = Timestamp::from_millis(at_of(v)).unwrap();
+        events.push(e);
+    }
+    let pages: Vec<PageWrite> = events.chunks(32).map(|c| events_page(c.to_vec())).collect();
+    // Two calls, so a segment is completed across calls too.
+    let (a, b) = pages.split_at(40);
+    assert_eq!(
+        store.append(vec![append(&acct, 0, a.to_vec())]).await,
+        vec![ok(a.len())]
+    );
+    assert_eq!(
+        store.append(vec![append(&acct, 40 * 32, b.to_vec())]).await,
+        vec![ok(b.len())]
+    );
+    let segments = store.segments(&acct, 0, 100).await.unwrap();
+    assert_eq!(
+        segments.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [0, 1],
+        "one summary per complete segment"
+    );
+    let query = QueryService::new(store.clone(), NoSnapshots);
+    for probe in [0, 1, 500, 1023, 1024, 1500, 2047, 2100, n, n + 5] {
+        let at = Timestamp::from_millis(base + probe as i64 * 60_000 + 30_000).unwrap();
+        let want: i64 = events
+            .iter()
+            .filter(|e| e.occurred_at <= at)
+            .map(|e| e.kind.delta().unwrap().minor())
+            .sum();
+        let count = events.iter().filter(|e| e.occurred_at <= at).count() as u64;
+        let got = query.balance_at(&acct, at).await.unwrap().unwrap();
+        assert_eq!(
+            (got.balance.minor(), got.events),
+            (want, count),
+            "at {probe}"
+        );
+    }
+}
+
+fn events_page(events: Vec<Event>) -> PageWrite {
+    PageWrite {
+        events,
+        refusals: vec![],
+    }
+}
+
+/// Point-in-time reads need no snapshots.
+#[derive(Clone)]
+struct NoSnapshots;
+
+impl tally::ports::SnapshotStore for NoSnapshots {
+    async fn get_many(
+        &self,
+        accounts: Vec<String>,
+    ) -> Result<Vec<Option<tally::domain::Snapshot>>, tally::ports::StoreError> {
+        Ok(vec![None; accounts.len()])
+    }
+
+    async fn put_many(
+        &self,
+        puts: Vec<tally::ports::SnapshotPut>,
+    ) -> Vec<Result<(), tally::ports::SnapshotError>> {
+        puts.iter().map(|_| Ok(())).collect()
+    }
+}
+
+#[tokio::test]
+async fn embedded_point_in_time_reads_agree_with_every_event() {
+    point_in_time_reads_agree_with_every_event(EmbeddedStore::in_memory().unwrap()).await;
+}
+
+/// The embedded store's txn index lives in memory and is rebuilt from the pages, the
+/// refusals and the reversed flags at open: every outcome survives a restart.
+#[tokio::test]
+async fn embedded_outcomes_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tally-reopen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let acct = AccountId::new("re-1").unwrap();
+    {
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let page = PageWrite {
+            events: vec![
+                deposit(1, "d1", 100, 100),
+                deposit(2, "d2", 5, 105),
+                reversal(3, "r1", "d1", -100, 5),
+            ],
+            refusals: vec![refusal("w1", 500, 105, 2)],
+        };
+        assert_eq!(
+            store.append(vec![append(&acct, 0, vec![page])]).await,
+            vec![ok(1)]
+        );
+        assert_eq!(store.indexed_txns(), 4);
+    }
+    let store = EmbeddedStore::open(&dir).unwrap();
+    assert_eq!(store.indexed_txns(), 4);
+    assert_eq!(
+        reversed(store.txn(&acct, &txn("d1")).await.unwrap()),
+        Some(true)
+    );
+    assert_eq!(
+        reversed(store.txn(&acct, &txn("d2")).await.unwrap()),
+        Some(false)
+    );
+    assert_eq!(
+        store.txn(&acct, &txn("w1")).await.unwrap(),
+        Some(TxnOutcome::Refused(refusal("w1", 500, 105, 2)))
+    );
+    assert_eq!(store.txn(&acct, &txn("nope")).await.unwrap(), None);
+    // The restarted store still refuses what the first one recorded.
+    let again = store
+        .append(vec![append(
+            &acct,
+            3,
+            vec![events(vec![reversal(4, "r2", "d1", -100, -95)])],
+        )])
+        .await;
+    assert_eq!(
+        again,
+        vec![stopped(0, AppendError::TargetReversed(txn("d1")))]
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A data dir written by an older layout (a row per booked txn id) is refused by name rather
+/// than read wrongly.
+#[test]
+fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
+    let dir = std::env::temp_dir().join(format!("tally-layout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+            let mut t = tx.open_table(def).unwrap();
+            t.insert(b"a\0\0\0\0\0\0\0\0\x01".as_slice(), b"x".as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(&dir).err().expect("refused");
+    assert!(err.to_string().contains("store layout 1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A page that does not continue the account's versions (a caller's bug) is refused as
+/// corrupt, never written as a gap or an overlap.
+pub async fn a_page_that_does_not_continue_its_versions_is_refused<S: EventStore>(store: S) {
+    let acct = AccountId::new("shape-1").unwrap();
+    let gap = events(vec![deposit(2, "g2", 1, 1)]);
+    let skip = events(vec![deposit(1, "s1", 1, 1), deposit(3, "s3", 1, 2)]);
+    for bad in [gap, skip] {
+        let r = store.append(vec![append(&acct, 0, vec![bad])]).await;
+        assert!(
+            matches!(
+                r[0],
+                Appended {
+                    pages: 0,
+                    error: Some(AppendError::Store(tally::ports::StoreError::Corrupt(_)))
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(store.tip(&acct).await.unwrap().version, 0);
+}
+
+#[tokio::test]
+async fn embedded_a_page_that_does_not_continue_its_versions_is_refused() {
+    a_page_that_does_not_continue_its_versions_is_refused(EmbeddedStore::in_memory().unwrap())
+        .await;
+}

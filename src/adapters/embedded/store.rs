@@ -8,39 +8,50 @@
 //! Events are committed with `Durability::Immediate` (an acknowledged event survives a
 //! crash); snapshots with `Durability::None`, since catch-up rebuilds them from events.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
-use crate::codec::stored::{
-    decode_outcome, decode_snapshot, decode_tip, encode_outcome, encode_snapshot, encode_tip,
-};
-use crate::codec::{WirePage, decode_page, encode_page};
-use crate::domain::{
-    AccountId, AccountState, Entry, Event, EventKind, Page, RecordError, Snapshot, TxnId,
-    TxnOutcome, record,
-};
+use std::sync::RwLock;
+
+use super::commit::Committer;
+use super::index::{Candidate, Slot, TxnIndex, lookup};
+
+use crate::codec::decode_page;
+use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
+use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, AppendError, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError,
-    SnapshotPut, SnapshotStore, StoreError,
+    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    SnapshotStore, StoreError,
 };
 
 /// `event_key(account, first version)` → encoded page.
-const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `marker_key(account, txn id)` → the txn id's outcome (`codec::stored::encode_outcome`).
-const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
+pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// `marker_key(account, txn id)` → a refused txn id's outcome (`codec::stored::encode_outcome`).
+/// Booked ids need no row: their pages record them (see `index.rs`).
+pub(super) const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
+/// `marker_key(account, txn id)` → empty: booked transactions that have been reversed.
+pub(super) const REVERSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reversed");
+/// "layout" → the store layout version, so an older data dir is refused by name.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The layout this code writes: 2 = pages + refusals + reversed flags, txn index in memory.
+const LAYOUT: u64 = 2;
 /// account → version and balance of the newest event.
-const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
+pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `event_key(account, segment index)` → segment summary (`domain::segment`), written in
+/// the transaction that completes the segment.
+pub(super) const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
 
 /// `account NUL version(big-endian)`: orders by account, then version, and compares as
 /// plain bytes (ids never contain NUL). Tuple keys cost several times more per compare.
-fn event_key(account: &str, version: u64) -> Vec<u8> {
+pub(super) fn event_key(account: &str, version: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + 9);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -48,15 +59,48 @@ fn event_key(account: &str, version: u64) -> Vec<u8> {
     k
 }
 
-fn key_version(key: &[u8]) -> u64 {
+pub(super) fn key_version(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Events `from..=to` of `account`, from any table view (a write transaction sees what it
+/// staged).
+pub(super) fn read_range(
+    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    account: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Event>, StoreError> {
+    // The page holding `from` starts at or before it.
+    let start = match events
+        .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
+        .map_err(unavailable)?
+        .next_back()
+    {
+        Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for entry in events
+        .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        .map_err(unavailable)?
+    {
+        let (_, bytes) = entry.map_err(unavailable)?;
+        let page = decode_page(bytes.value()).map_err(corrupt)?;
+        out.extend(
+            page.into_events()
+                .into_iter()
+                .filter(|e| e.version >= from && e.version <= to),
+        );
+    }
+    Ok(out)
+}
+
 /// `account NUL txn`.
-fn marker_key(account: &str, txn: &str) -> Vec<u8> {
+pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -64,34 +108,89 @@ fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k
 }
 
-fn read_outcome(
-    markers: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    account: &AccountId,
-    txn: &TxnId,
-) -> Result<Option<TxnOutcome>, StoreError> {
-    match markers
-        .get(marker_key(account.as_str(), txn.as_str()).as_slice())
-        .map_err(unavailable)?
-    {
-        Some(v) => decode_outcome(txn, v.value()).map(Some).map_err(corrupt),
-        None => Ok(None),
+/// Splits a `marker_key` back into account and txn id.
+pub(super) fn split_marker_key(key: &[u8]) -> Option<(&str, &str)> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let account = std::str::from_utf8(&key[..nul]).ok()?;
+    let txn = std::str::from_utf8(&key[nul + 1..]).ok()?;
+    Some((account, txn))
+}
+
+fn read_index(index: &RwLock<TxnIndex>) -> std::sync::RwLockReadGuard<'_, TxnIndex> {
+    // The index is only written by the writer thread after a commit, one insert at a time: a
+    // panic there cannot leave an entry half-written.
+    index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Rebuilds the txn index from what is durable: every page's events, then the refusals and
+/// the reversed flags.
+fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let mut index = TxnIndex::default();
+    let events = tx.open_table(EVENTS).map_err(unavailable)?;
+    for entry in events.iter().map_err(unavailable)? {
+        let (key, bytes) = entry.map_err(unavailable)?;
+        let key = key.value();
+        let account = key
+            .len()
+            .checked_sub(9)
+            .and_then(|n| std::str::from_utf8(&key[..n]).ok())
+            .ok_or_else(|| corrupt("page key without an account"))?;
+        for e in decode_page(bytes.value()).map_err(corrupt)?.events() {
+            let slot = Slot::Booked {
+                version: e.version,
+                reversed: false,
+            };
+            index.insert(account, e.txn_id.as_str(), slot);
+        }
     }
+    let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+    for entry in refusals.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) = split_marker_key(key.value()).ok_or_else(|| corrupt("refusal key"))?;
+        index.insert(account, txn, Slot::Refused);
+    }
+    let reversed = tx.open_table(REVERSED).map_err(unavailable)?;
+    for entry in reversed.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) =
+            split_marker_key(key.value()).ok_or_else(|| corrupt("reversed key"))?;
+        // A reversed id is booked, so the index holds it, by full key or by its own hash.
+        if let Some(Candidate {
+            slot: Slot::Booked { version, .. },
+            exact,
+        }) = index.get(account, txn)
+        {
+            let slot = Slot::Booked {
+                version,
+                reversed: true,
+            };
+            index.update(account, txn, exact, slot);
+        }
+    }
+    Ok(index)
 }
 
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
 const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
-/// The embedded database; cheap to clone (shared handle).
+/// The embedded database; cheap to clone (shared handle). Appends go through one writer
+/// thread that commits concurrent requests together (`commit.rs`).
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    // Dropped first: stops the writer thread, which holds the database too.
+    committer: Arc<Committer>,
     db: Arc<Database>,
+    index: Arc<RwLock<TxnIndex>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
@@ -125,13 +224,60 @@ impl EmbeddedStore {
 
     fn init(db: Database) -> Result<EmbeddedStore, StoreError> {
         let tx = db.begin_write().map_err(unavailable)?;
-        tx.open_table(EVENTS).map_err(unavailable)?;
-        tx.open_table(MARKERS).map_err(unavailable)?;
+        {
+            let events = tx.open_table(EVENTS).map_err(unavailable)?;
+            let mut meta = tx.open_table(META).map_err(unavailable)?;
+            let layout = meta.get("layout").map_err(unavailable)?.map(|v| v.value());
+            match layout {
+                Some(LAYOUT) => {}
+                None if events.is_empty().map_err(unavailable)? => {
+                    meta.insert("layout", LAYOUT).map_err(unavailable)?;
+                }
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "this data dir has store layout {}, this tally reads layout {LAYOUT}: \
+                         ingest its files again into a new data dir",
+                        other.unwrap_or(1)
+                    )));
+                }
+            }
+        }
+        tx.open_table(REFUSALS).map_err(unavailable)?;
+        tx.open_table(REVERSED).map_err(unavailable)?;
         tx.open_table(TIPS).map_err(unavailable)?;
         tx.open_table(SNAPSHOTS).map_err(unavailable)?;
         tx.open_table(QUARANTINE).map_err(unavailable)?;
+        tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let index = Arc::new(RwLock::new(build_index(&db)?));
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone(), index.clone())
+            .map_err(|e| unavailable(format_args!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            committer: Arc::new(committer),
+            db,
+            index,
+        })
+    }
+
+    /// Txn ids in the in-memory index (what it costs: ~30 bytes each).
+    pub fn indexed_txns(&self) -> usize {
+        read_index(&self.index).len()
+    }
+
+    /// The outcome of `txn`, read consistently with the tip in `tx`.
+    fn outcome_in(
+        &self,
+        tx: &redb::ReadTransaction,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
+        let events = tx.open_table(EVENTS).map_err(unavailable)?;
+        let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+        let index = read_index(&self.index);
+        txns.iter()
+            .map(|t| Ok(lookup(&index, &events, &refusals, account.as_str(), t)?.map(|(o, _)| o)))
+            .collect()
     }
 
     fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
@@ -146,27 +292,26 @@ impl EmbeddedStore {
     fn read_sync(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let events = tx.open_table(EVENTS).map_err(unavailable)?;
-        // The page holding `from` starts at or before it.
-        let start = match events
-            .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
-            .map_err(unavailable)?
-            .next_back()
-        {
-            Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
-            None => 0,
-        };
+        read_range(&events, account, from, to)
+    }
+
+    fn segments_sync(
+        &self,
+        account: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(SEGMENTS).map_err(unavailable)?;
         let mut out = Vec::new();
-        for entry in events
-            .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        let range = event_key(account, from).as_slice().to_vec()..=event_key(account, u64::MAX);
+        for entry in table
+            .range(range.start().as_slice()..=range.end().as_slice())
             .map_err(unavailable)?
+            .take(limit)
         {
-            let (_, bytes) = entry.map_err(unavailable)?;
-            let page = decode_page(bytes.value()).map_err(corrupt)?;
-            out.extend(
-                page.into_events()
-                    .into_iter()
-                    .filter(|e| e.version >= from && e.version <= to),
-            );
+            let (k, v) = entry.map_err(unavailable)?;
+            out.push(decode_segment(key_version(k.value()), v.value()).map_err(corrupt)?);
         }
         Ok(out)
     }
@@ -178,6 +323,20 @@ impl EmbeddedStore {
         tx.set_durability(Durability::Immediate)
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)
+    }
+
+    /// Appends on the caller's thread, bypassing the writer thread: for the simulator, whose
+    /// runs must not depend on another thread's timing. Same semantics as `append`.
+    pub(crate) fn append_now(&self, appends: &[Append]) -> Vec<Appended> {
+        super::append::append_group(&self.db, &self.index, &[appends])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// (Durable append transactions committed, append requests they carried): what group
+    /// commit saves is the difference.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.committer.counts()
     }
 
     /// All quarantined records (for `tally` tooling and tests).
@@ -199,243 +358,6 @@ impl EmbeddedStore {
         }
         Ok(out)
     }
-
-    /// Writes every account's pages in one durable write transaction. Each page is checked
-    /// against the stored state plus what earlier pages of this call staged; an account stops
-    /// at its first failing page. Staged entries are written in key order: sorted inserts keep
-    /// each B-tree leaf copied once per transaction.
-    fn append_sync(&self, appends: &[Append]) -> Vec<Appended> {
-        let run = || -> Result<Vec<Appended>, StoreError> {
-            let mut tx = self.db.begin_write().map_err(unavailable)?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(unavailable)?;
-            let results = {
-                let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
-                let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
-                let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
-                let mut staged = Staged::default();
-                let results: Vec<Appended> = appends
-                    .iter()
-                    .map(|a| append_account(a, &events, &markers, &tips, &mut staged))
-                    .collect();
-                for (k, v) in &staged.events {
-                    events
-                        .insert(k.as_slice(), v.as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, o) in &staged.markers {
-                    markers
-                        .insert(k.as_slice(), encode_outcome(o).as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, t) in &staged.tips {
-                    tips.insert(k.as_str(), encode_tip(t).as_slice())
-                        .map_err(unavailable)?;
-                }
-                results
-            };
-            tx.commit().map_err(unavailable)?;
-            Ok(results)
-        };
-        run().unwrap_or_else(|e| failed_all(appends.len(), &e))
-    }
-}
-
-/// One failure per append: what a backend error that touched every account reports.
-fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
-    (0..n)
-        .map(|_| Appended::failed(AppendError::Store(e.clone())))
-        .collect()
-}
-
-/// Writes of one `append` call, not yet in the tables, sorted by key.
-#[derive(Default)]
-struct Staged {
-    events: BTreeMap<Vec<u8>, Vec<u8>>,
-    markers: BTreeMap<Vec<u8>, TxnOutcome>,
-    tips: BTreeMap<String, AccountState>,
-}
-
-type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
-
-/// One account's pages, in order, stopping at the first that fails.
-fn append_account(
-    append: &Append,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
-    staged: &mut Staged,
-) -> Appended {
-    let account = append.account.as_str();
-    let mut expected = append.expected_version;
-    for (i, page) in append.pages.iter().enumerate() {
-        let bytes = match encoded_page(&append.account, page) {
-            Ok(b) => b,
-            Err(e) => return stopped(i, e.into()),
-        };
-        let outcome = check_page(account, expected, page, markers, tips, staged)
-            .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
-        match outcome {
-            Ok(()) => {}
-            // A page that was written before (a retry after a timeout) succeeds again.
-            Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
-                if already_written(account, page, bytes.as_deref(), events, markers)
-                    .unwrap_or(false) => {}
-            Err(e) => return stopped(i, e),
-        }
-        if let Some(last) = page.events.last() {
-            expected = last.version;
-        }
-    }
-    Appended {
-        pages: append.pages.len(),
-        error: None,
-    }
-}
-
-fn stopped(pages: usize, error: AppendError) -> Appended {
-    Appended {
-        pages,
-        error: Some(error),
-    }
-}
-
-/// The stored bytes of a page's events (`None` for a page of refusals only).
-fn encoded_page(account: &AccountId, page: &PageWrite) -> Result<Option<Vec<u8>>, StoreError> {
-    if page.events.is_empty() {
-        return Ok(None);
-    }
-    let page = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
-    Ok(Some(
-        encode_page(&WirePage::from_page(&page))
-            .map_err(corrupt)?
-            .to_vec(),
-    ))
-}
-
-/// Checks one page's conditions against stored plus staged state; returns the outcome
-/// writes it makes (the marker rule of `domain::record`), writing nothing.
-fn check_page(
-    account: &str,
-    expected: u64,
-    page: &PageWrite,
-    markers: &Table<&'static [u8]>,
-    tips: &Table<&'static str>,
-    staged: &Staged,
-) -> Result<HashMap<TxnId, TxnOutcome>, AppendError> {
-    if !page.events.is_empty() {
-        let current = match staged.tips.get(account) {
-            Some(t) => t.version,
-            None => match tips.get(account).map_err(unavailable)? {
-                Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
-                None => 0,
-            },
-        };
-        if current != expected {
-            return Err(AppendError::Conflict { current });
-        }
-    }
-    let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
-    for txn in touched(page) {
-        if let Some(o) = stored_outcome(account, txn, markers, staged)? {
-            view.insert(txn.clone(), o);
-        }
-    }
-    for event in &page.events {
-        record(&mut view, Entry::Booked(event)).map_err(append_error)?;
-    }
-    for refusal in &page.refusals {
-        record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
-    }
-    Ok(view)
-}
-
-/// Every txn id a page's recording reads or writes.
-fn touched(page: &PageWrite) -> impl Iterator<Item = &TxnId> {
-    page.events
-        .iter()
-        .flat_map(|e| {
-            let target = match &e.kind {
-                EventKind::Reversed { reverses, .. } => Some(reverses),
-                _ => None,
-            };
-            std::iter::once(&e.txn_id).chain(target)
-        })
-        .chain(page.refusals.iter().map(|r| r.command.txn_id()))
-}
-
-fn append_error(e: RecordError) -> AppendError {
-    match e {
-        RecordError::Taken(t) => AppendError::DuplicateTxn(t),
-        RecordError::TargetNotLive(t) => AppendError::TargetReversed(t),
-    }
-}
-
-fn stored_outcome(
-    account: &str,
-    txn: &TxnId,
-    markers: &Table<&'static [u8]>,
-    staged: &Staged,
-) -> Result<Option<TxnOutcome>, StoreError> {
-    let key = marker_key(account, txn.as_str());
-    if let Some(o) = staged.markers.get(&key) {
-        return Ok(Some(o.clone()));
-    }
-    match markers.get(key.as_slice()).map_err(unavailable)? {
-        Some(v) => Ok(Some(decode_outcome(txn, v.value()).map_err(corrupt)?)),
-        None => Ok(None),
-    }
-}
-
-fn stage(
-    account: &str,
-    page: &PageWrite,
-    bytes: Option<&[u8]>,
-    writes: HashMap<TxnId, TxnOutcome>,
-    staged: &mut Staged,
-) {
-    if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
-    {
-        staged
-            .events
-            .insert(event_key(account, first.version), bytes.to_vec());
-        staged
-            .tips
-            .insert(account.to_owned(), AccountState::after(last));
-    }
-    for (txn, outcome) in writes {
-        staged
-            .markers
-            .insert(marker_key(account, txn.as_str()), outcome);
-    }
-}
-
-/// Whether this exact page is already stored (its events' bytes at their key, and each
-/// refusal as recorded): then a retry of it succeeds without writing.
-fn already_written(
-    account: &str,
-    page: &PageWrite,
-    bytes: Option<&[u8]>,
-    events: &Table<&'static [u8]>,
-    markers: &Table<&'static [u8]>,
-) -> Result<bool, StoreError> {
-    if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
-        match events
-            .get(event_key(account, first.version).as_slice())
-            .map_err(unavailable)?
-        {
-            Some(stored) if stored.value() == bytes => {}
-            _ => return Ok(false),
-        }
-    }
-    let staged = Staged::default();
-    for r in &page.refusals {
-        let stored = stored_outcome(account, r.command.txn_id(), markers, &staged)?;
-        if stored.as_ref() != Some(&TxnOutcome::Refused(r.clone())) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 impl EventStore for EmbeddedStore {
@@ -455,12 +377,7 @@ impl EventStore for EmbeddedStore {
             None => AccountState::default(),
         };
         // Even an account with no events may have refused txn ids: always look.
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        let found = txns
-            .iter()
-            .map(|t| read_outcome(&markers, account, t))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((tip, found))
+        Ok((tip, self.outcome_in(&tx, account, txns)?))
     }
 
     async fn txn(
@@ -469,23 +386,17 @@ impl EventStore for EmbeddedStore {
         txn: &TxnId,
     ) -> Result<Option<TxnOutcome>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        read_outcome(&markers, account, txn)
+        Ok(self
+            .outcome_in(&tx, account, std::slice::from_ref(txn))?
+            .pop()
+            .flatten())
     }
 
     async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
         if appends.is_empty() {
             return Vec::new();
         }
-        let store = self.clone();
-        let n = appends.len();
-        // The commit waits for fsync: keep it off the async worker threads.
-        match tokio::task::spawn_blocking(move || store.append_sync(&appends)).await {
-            Ok(results) => results,
-            // The closure panicked or was cancelled: nothing is known to be written, and
-            // every account gets its own answer.
-            Err(e) => failed_all(n, &unavailable(e)),
-        }
+        self.committer.append(appends).await
     }
 
     async fn read(
@@ -495,6 +406,15 @@ impl EventStore for EmbeddedStore {
         to: u64,
     ) -> Result<Vec<Event>, StoreError> {
         self.read_sync(account.as_str(), from, to)
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        self.segments_sync(account.as_str(), from, limit)
     }
 
     async fn accounts(

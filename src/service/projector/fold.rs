@@ -245,14 +245,19 @@ pub fn plan<'a>(grouped: &Grouped<'a>, cache: &SnapshotCache) -> Plan<'a> {
 /// A new account is cached as `Snapshot::default()` once the store says it has none.
 #[derive(Debug)]
 pub struct SnapshotCache {
-    map: HashMap<String, Snapshot>,
+    /// Seeded through [`crate::entropy`]: eviction follows iteration order, which a
+    /// simulation must replay.
+    map: std::collections::HashMap<String, Snapshot, foldhash::fast::SeedableRandomState>,
     entries_max: usize,
 }
 
 impl SnapshotCache {
     pub fn new(entries_max: usize) -> SnapshotCache {
         SnapshotCache {
-            map: HashMap::with_capacity(entries_max.min(1 << 16)),
+            map: std::collections::HashMap::with_capacity_and_hasher(
+                entries_max.min(1 << 16),
+                crate::entropy::hash_state(),
+            ),
             entries_max: entries_max.max(1),
         }
     }

@@ -10,6 +10,9 @@
 //! item by item (`CancellationReasons`): the account whose condition failed gets its error,
 //! and the other accounts of that transaction, which wrote nothing, go again next round.
 //!
+//! After the pages, the summaries of the segments they completed are written (`s#` items,
+//! best effort, as before the bulk path).
+//!
 //! Must never: write an account's page before its previous one, write any page of an
 //! account after one failed, or report a page written that is not. A retry of a page that
 //! was in fact written (the caller saw a timeout) is recognised whatever transaction it
@@ -24,12 +27,12 @@ use aws_sdk_dynamodb::types::{
 };
 use futures_util::stream::{self, StreamExt};
 
-use super::events::{now_secs, page_sk};
+use super::events::{now_secs, page_sk, segment_sk};
 use super::items::{Item, request_token};
-use super::{DynamoStore, Units, s, store_error};
+use super::{DynamoStore, Units, corrupt, n, s, store_error};
 use crate::domain::limits::TRANSACT_ITEMS_MAX;
-use crate::domain::{AccountId, Refusal, TxnId, TxnOutcome};
-use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
+use crate::domain::{AccountId, Refusal, Segment, TxnId, TxnOutcome};
+use crate::ports::{Append, AppendError, Appended, EventStore, PageWrite, StoreError};
 
 /// Times a page may be sent again after a transaction that was cancelled through no fault
 /// of its own (another account's condition failed) or by a conflicting transaction, before
@@ -193,11 +196,55 @@ impl DynamoStore {
                 tokio::time::sleep(CONFLICT_PAUSE).await;
             }
         }
+        self.put_segments(appends, &expected).await;
         written
             .into_iter()
             .zip(error)
             .map(|(pages, error)| Appended { pages, error })
             .collect()
+    }
+
+    /// After the pages: the summaries of the segments each account's written pages completed
+    /// (accounts concurrently). Best effort: a missing summary only makes point-in-time reads
+    /// of that account read the segment's events instead.
+    async fn put_segments(&self, appends: &[Append], reached: &[u64]) {
+        let work: Vec<(&AccountId, u64)> = appends
+            .iter()
+            .zip(reached)
+            .flat_map(|(a, &to)| {
+                Segment::completed(a.expected_version, to).map(move |index| (&a.account, index))
+            })
+            .collect();
+        stream::iter(work)
+            .for_each_concurrent(self.concurrency, |(account, index)| async move {
+                if let Err(e) = self.put_segment(account, index).await {
+                    tracing::warn!(%account, index, error = %e, "segment summary not written");
+                }
+            })
+            .await;
+    }
+
+    /// Summarizes segment `index` of `account` from its (immutable) events and stores it.
+    async fn put_segment(&self, account: &AccountId, index: u64) -> Result<(), StoreError> {
+        let (first, last) = Segment::versions(index);
+        let events = self.read(account, first, last).await?;
+        let summary = Segment::summarize(index, &events)
+            .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.config.events_table)
+            .item("pk", s(account.as_str()))
+            .item("sk", s(segment_sk(index)))
+            .item("earliest", n(summary.earliest.millis()))
+            .item("latest", n(summary.latest.millis()))
+            .item("net", n(summary.net))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Write, out.consumed_capacity());
+        Ok(())
     }
 
     /// Sends the next page of every account in `ready`; each page's fate.
@@ -213,6 +260,10 @@ impl DynamoStore {
         let mut prepared = Vec::new();
         for &i in ready {
             let page = &appends[i].pages[written[i]];
+            if let Err(e) = page.check_shape(expected[i]) {
+                fates.push((i, Fate::Failed(e.into())));
+                continue;
+            }
             if page.events.is_empty() && page.refusals.len() == 1 {
                 works.push(Work::Refusal(i));
                 continue;

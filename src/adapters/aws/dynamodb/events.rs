@@ -1,5 +1,5 @@
-//! The event store on the Events table: reads of pages and txn outcome markers, and the
-//! port impl (appends are in `append`).
+//! The event store on the Events table: reads of pages, txn outcome markers and segment
+//! summaries, and the port impl (appends, and the summaries they complete, are in `append`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,11 +9,19 @@ use futures_util::stream::{self, StreamExt};
 use super::{BATCH_GET_KEYS_MAX, DynamoStore, Units, corrupt, get_n, get_s, s, store_error};
 use crate::codec::decode_page;
 use crate::codec::stored::decode_outcome;
-use crate::domain::{AccountId, AccountState, Event, Money, Page, TxnId, TxnOutcome};
+use crate::domain::{
+    AccountId, AccountState, Event, Money, Page, Segment, Timestamp, TxnId, TxnOutcome,
+};
 use crate::ports::{Append, Appended, EventStore, Load, Loaded, StoreError};
 
 pub(super) fn page_sk(first_version: u64) -> String {
     format!("v#{first_version:020}")
+}
+
+/// Segment summaries sort before markers and pages (`s#` < `t#` < `v#`): pages must sort
+/// last, as [`DynamoStore::head`] reads the last item of an account.
+pub(super) fn segment_sk(index: u64) -> String {
+    format!("s#{index:020}")
 }
 
 pub(super) fn marker_sk(txn: &str) -> String {
@@ -340,6 +348,48 @@ impl EventStore for DynamoStore {
             .flat_map(Page::into_events)
             .filter(|e| e.version >= from && e.version <= to)
             .collect())
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.config.events_table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+            .expression_attribute_values(":pk", s(account.as_str()))
+            .expression_attribute_values(":a", s(segment_sk(from)))
+            .expression_attribute_values(":b", s(segment_sk(u64::MAX)))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
+        out.items()
+            .iter()
+            .map(|item| {
+                let index = get_s(item, "sk")
+                    .and_then(|k| k.strip_prefix("s#"))
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| corrupt("segment without an index"))?;
+                let time = |name| {
+                    Timestamp::from_millis(get_n(item, name)?)
+                        .ok_or_else(|| corrupt(format!("segment {name} out of range")))
+                };
+                Ok(Segment {
+                    index,
+                    earliest: time("earliest")?,
+                    latest: time("latest")?,
+                    net: get_n(item, "net")?,
+                })
+            })
+            .collect()
     }
 
     async fn accounts(

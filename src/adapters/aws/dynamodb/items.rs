@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use super::append::Prepared;
 use super::events::{marker_sk, page_sk};
 use super::{DynamoStore, built, corrupt, n, s};
+use crate::codec::encode_events;
 use crate::codec::stored::encode_outcome;
-use crate::codec::{WirePage, encode_page};
-use crate::domain::{AccountId, EventKind, Page, TxnId, TxnOutcome};
+use crate::domain::{AccountId, EventKind, TxnId, TxnOutcome};
 use crate::ports::{PageWrite, StoreError};
 
 /// What each item of a page's `TransactWriteItems` stands for, to read
@@ -102,8 +102,7 @@ impl DynamoStore {
         let mut meaning = Vec::new();
         let mut page_bytes = None;
         if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
-            let wire = Page::new(account.clone(), page.events.clone()).map_err(corrupt)?;
-            let bytes = encode_page(&WirePage::from_page(&wire))
+            let bytes = encode_events(account, &page.events)
                 .map_err(corrupt)?
                 .to_vec();
             page_bytes = Some(bytes.clone());
