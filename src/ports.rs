@@ -146,6 +146,8 @@ impl Appended {
 ///   one call commit in order; after the first page that fails, none of its later pages are
 ///   written. [`append`](Self::append) returns exactly one [`Appended`] per [`Append`], in
 ///   order, whatever happens (a backend failure is reported on every account it touched).
+///   An account may appear in more than one [`Append`] of a call: they take effect in call
+///   order, each as if it were a call of its own.
 /// - **Idempotent retry.** A page identical to one already written (same account, same
 ///   entries, same `recorded_at`) succeeds again without writing: a caller that saw a timeout
 ///   after the store committed retries the same bytes and learns it was written. (DynamoDB:

@@ -167,6 +167,13 @@ async fn dynamodb_each_of_many_accounts_in_one_call_gets_its_own_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_an_account_twice_in_one_call_is_appended_in_order() {
+    if let Some(store) = store("twice").await {
+        store_contract::an_account_twice_in_one_call_is_appended_in_order(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_a_retry_is_recognised_whatever_travels_with_it() {
     if let Some(store) = store("regroup").await {
         store_contract::a_retry_is_recognised_whatever_travels_with_it(store).await;

@@ -369,6 +369,57 @@ pub async fn each_of_many_accounts_in_one_call_gets_its_own_result<S: EventStore
     assert_eq!(store.tip(&ids[120]).await.unwrap().version, 1);
 }
 
+/// An account that appears more than once in one call is appended as if by calls in that
+/// order: a second append at a version the first took conflicts, one that continues the
+/// first goes on, and one that continues a failed first is a conflict at the real tip, never
+/// a page written past a gap. The other accounts of the call are untouched by all of it.
+pub async fn an_account_twice_in_one_call_is_appended_in_order<S: EventStore>(store: S) {
+    let (a, b, d) = (
+        AccountId::new("twice-a").unwrap(),
+        AccountId::new("twice-b").unwrap(),
+        AccountId::new("twice-d").unwrap(),
+    );
+    // d has no event but has refused "dd": a page booking "dd" fails as a duplicate.
+    let refused = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("dd", 5, 0, 0), refusal("dd2", 5, 0, 0)],
+    };
+    assert_eq!(
+        store.append(vec![append(&d, 0, vec![refused])]).await,
+        vec![ok(1)]
+    );
+    let results = store
+        .append(vec![
+            append(&a, 0, vec![events(vec![deposit(1, "a1", 10, 10)])]),
+            append(&b, 0, vec![events(vec![deposit(1, "b1", 7, 7)])]),
+            append(&a, 0, vec![events(vec![deposit(1, "a1x", 3, 3)])]),
+            append(&a, 1, vec![events(vec![deposit(2, "a2", 5, 15)])]),
+            append(&d, 0, vec![events(vec![deposit(1, "dd", 1, 1)])]),
+            append(&d, 1, vec![events(vec![deposit(2, "d2", 1, 2)])]),
+        ])
+        .await;
+    assert_eq!(
+        results,
+        vec![
+            ok(1),
+            ok(1),
+            stopped(0, AppendError::Conflict { current: 1 }),
+            ok(1),
+            stopped(0, AppendError::DuplicateTxn(txn("dd"))),
+            stopped(0, AppendError::Conflict { current: 0 }),
+        ]
+    );
+    assert_eq!(store.tip(&a).await.unwrap().version, 2);
+    assert_eq!(store.txn(&a, &txn("a1x")).await.unwrap(), None);
+    assert_eq!(store.tip(&b).await.unwrap().version, 1);
+    assert_eq!(store.tip(&d).await.unwrap().version, 0);
+    assert_eq!(store.txn(&d, &txn("d2")).await.unwrap(), None);
+    assert!(
+        store.read(&d, 1, 10).await.unwrap().is_empty(),
+        "no page past a gap"
+    );
+}
+
 /// A call retried after a timeout that hid its commit succeeds again whatever travels with
 /// it: here the retry carries the accounts alone, or with a further page, where the first
 /// call carried them together (a DynamoDB transaction of other accounts, another token).
@@ -553,6 +604,11 @@ async fn embedded_a_retried_page_succeeds_again_and_writes_once() {
 async fn embedded_each_of_many_accounts_in_one_call_gets_its_own_result() {
     each_of_many_accounts_in_one_call_gets_its_own_result(EmbeddedStore::in_memory().unwrap())
         .await;
+}
+
+#[tokio::test]
+async fn embedded_an_account_twice_in_one_call_is_appended_in_order() {
+    an_account_twice_in_one_call_is_appended_in_order(EmbeddedStore::in_memory().unwrap()).await;
 }
 
 #[tokio::test]

@@ -124,6 +124,16 @@ fn ledger_secs(page: &PageWrite) -> i64 {
         .unwrap_or_else(now_secs)
 }
 
+/// For each append, the index of the call's previous append of the same account, if any.
+fn earlier_of_same_account(appends: &[Append]) -> Vec<Option<usize>> {
+    let mut last: HashMap<&AccountId, usize> = HashMap::new();
+    appends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| last.insert(&a.account, i))
+        .collect()
+}
+
 /// Packs whole pages, in order, into transactions of at most [`TRANSACT_ITEMS_MAX`] items.
 fn pack(pages: Vec<Prepared>) -> Vec<Vec<Prepared>> {
     let mut groups: Vec<Vec<Prepared>> = Vec::new();
@@ -163,13 +173,25 @@ impl DynamoStore {
         let mut expected: Vec<u64> = appends.iter().map(|a| a.expected_version).collect();
         let mut error: Vec<Option<AppendError>> = vec![None; appends.len()];
         let mut again = vec![0u32; appends.len()];
+        let earlier = earlier_of_same_account(appends);
+        let mut gated = vec![false; appends.len()];
         loop {
+            let going = |i: usize| error[i].is_none() && written[i] < appends[i].pages.len();
+            // An account's later append of the call waits until its earlier one is done.
             let ready: Vec<usize> = (0..appends.len())
-                .filter(|&i| error[i].is_none() && written[i] < appends[i].pages.len())
+                .filter(|&i| going(i) && earlier[i].is_none_or(|j| !going(j)))
                 .collect();
             if ready.is_empty() {
                 break;
             }
+            for &i in &ready {
+                if let (Some(j), false) = (earlier[i], gated[i]) {
+                    gated[i] = true;
+                    let reached = error[j].is_none().then_some(expected[j]);
+                    error[i] = self.gate(&appends[i], reached).await;
+                }
+            }
+            let ready: Vec<usize> = ready.into_iter().filter(|&i| error[i].is_none()).collect();
             let mut pause = false;
             for (i, fate) in self.round(appends, &ready, &expected, &written).await {
                 match fate {
@@ -245,6 +267,23 @@ impl DynamoStore {
             .map_err(|e| store_error(&e))?;
         self.charge(Units::Write, out.consumed_capacity());
         Ok(())
+    }
+
+    /// Whether an account's later append of the call may start: only from the version its
+    /// earlier one `reached` (or, where that one failed, from the account's stored tip).
+    /// A page's condition is only "my first version is free", which stops a stale tip but
+    /// not one the account never had: without this, a page could be written past a gap.
+    async fn gate(&self, a: &Append, reached: Option<u64>) -> Option<AppendError> {
+        if reached == Some(a.expected_version) {
+            return None;
+        }
+        match self.head(a.account.as_str()).await {
+            Ok((tip, _)) if tip.version == a.expected_version => None,
+            Ok((tip, _)) => Some(AppendError::Conflict {
+                current: tip.version,
+            }),
+            Err(e) => Some(e.into()),
+        }
     }
 
     /// Sends the next page of every account in `ready`; each page's fate.
