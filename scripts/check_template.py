@@ -41,6 +41,14 @@ assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt"
 ttl = template["Parameters"]["MarkerTtlSeconds"]
 assert ttl["Default"] == 0, f"txn outcomes must never expire by default: {ttl['Default']}"
 
+# Every TALLY_* variable the functions get is one src/config.rs reads, and the policy is set.
+known = set(re.findall(r'env = "(TALLY_[A-Z_]+)"', open("src/config.rs").read()))
+given = set(template["Globals"]["Function"]["Environment"]["Variables"])
+assert given <= known, f"variables src/config.rs does not read: {given - known}"
+for var, param in [("TALLY_AMOUNT_MAX", "AmountMax"), ("TALLY_OVERDRAFT_LIMIT", "OverdraftLimit")]:
+    assert template["Globals"]["Function"]["Environment"]["Variables"][var] == {"Ref": param}, var
+assert template["Parameters"]["OverdraftLimit"]["Default"] == 0
+
 writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
 query = actions("QueryFunction")
 assert all(not (a & writes) for a in query.values()), f"query may write: {query}"

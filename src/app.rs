@@ -26,6 +26,21 @@ pub struct Settings {
     pub clock: Clock,
 }
 
+impl Settings {
+    /// The embedded instance the configuration describes (policy, buckets, shards, mapping,
+    /// cache), on the wall clock.
+    pub fn from_config(config: &crate::config::Config) -> Settings {
+        Settings {
+            policy: config.policy,
+            buckets: config.buckets,
+            shards: config.shards,
+            mapping: config.mapping,
+            cache_entries: config.cache_entries,
+            clock: system_clock(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {

@@ -490,6 +490,8 @@ async fn bulk<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
                 StopCause::Command(c) => ApiError::from(c),
                 StopCause::Read(r) => invalid_body(r),
                 StopCause::Rejects(io) => StoreError::Unavailable(io.to_string()).into(),
+                // `ingest` is never asked to stop; should it be, the client may resubmit.
+                StopCause::Interrupted => StoreError::Unavailable("interrupted".into()).into(),
             };
             e.message = format!(
                 "{} (stopped at line {line}; the summary says what the rows before it came \

@@ -1,75 +1,103 @@
-//! What the Lambda entry points share: JSON logs, configuration from the environment
-//! (failing fast naming the variable), SDK clients built once per process, and the wiring
-//! of the services over the AWS adapters. `src/bin/*.rs` stay a few lines.
+//! What the Lambda entry points (and the CLI's AWS backend) share: JSON logs, the one
+//! configuration ([`crate::config`], failing fast naming the variable), SDK clients built
+//! once per process, and the wiring of the services over the AWS adapters. `src/bin/*.rs`
+//! stay a few lines. Reads no environment variable itself.
 
 use std::sync::Arc;
 
+use crate::adapters::aws::clients;
 use crate::adapters::aws::dynamodb::DynamoStore;
 use crate::adapters::aws::kinesis::KinesisPublisher;
-use crate::adapters::aws::{AwsConfig, sdk_config};
+use crate::config::{AwsSettings, Config};
 use crate::domain::Policy;
-use crate::domain::limits::BUCKETS_DEFAULT;
 use crate::http::{Api, router};
 use crate::service::command::{CommandService, system_clock};
 use crate::service::metrics::Metrics;
-use crate::service::projector::{CACHE_ENTRIES_DEFAULT, Projector};
+use crate::service::projector::Projector;
 use crate::service::query::QueryService;
 
-/// JSON logs for CloudWatch, level from `TALLY_LOG` (default `info`).
-pub fn init_tracing() {
+/// JSON logs for CloudWatch; `filter` from the configuration's `TALLY_LOG` (default `info`).
+pub fn init_tracing(filter: Option<&str>) {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter.unwrap_or("info")))
         .with_current_span(false)
         .without_time() // CloudWatch stamps every line
         .init();
 }
 
-/// The AWS-backed services of one Lambda process.
+/// Accounts per slice of a bulk call on AWS (see `CommandService::with_accounts_per_call`):
+/// a few transactions' worth, so the first slices are published (and projected) while the
+/// rest are appended.
+pub const ACCOUNTS_PER_CALL: usize = 256;
+
+/// The AWS-backed services of one process (a Lambda instance, or the CLI on AWS).
 pub struct AwsApp {
     pub store: DynamoStore,
     pub publisher: KinesisPublisher,
     pub kinesis: aws_sdk_kinesis::Client,
     pub stream: String,
     pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+    pub buckets: u32,
+    pub cache_entries: usize,
+    pub tip_cache_entries: usize,
 }
 
 impl AwsApp {
-    /// Reads `TALLY_*` (tables, stream) and the SDK's own variables once, at cold start.
+    /// A Lambda's cold start: the configuration from `TALLY_*` variables, JSON logs, clients.
     pub async fn from_env() -> Result<AwsApp, String> {
-        let config = AwsConfig::from_env()?;
-        let stream =
-            std::env::var("TALLY_STREAM").map_err(|_| "TALLY_STREAM is not set".to_string())?;
-        let sdk = sdk_config().await;
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let config = Config::from_env().map_err(|e| e.to_string())?;
+        init_tracing(config.log.as_deref());
+        let aws = config
+            .aws()
+            .expect("a Lambda's configuration is always for the aws backend");
+        Ok(AwsApp::connect(&config, aws).await)
+    }
+
+    /// The services over the resources `aws` names, with `config`'s policy and sizes.
+    pub async fn connect(config: &Config, aws: &AwsSettings) -> AwsApp {
+        let (dynamodb, kinesis) = clients(aws).await;
         let metrics = Arc::new(Metrics::default());
-        Ok(AwsApp {
-            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config)
-                .with_metrics(metrics.clone()),
-            publisher: KinesisPublisher::new(kinesis.clone(), stream.clone()),
+        AwsApp {
+            store: DynamoStore::new(dynamodb, aws.tables.clone())
+                .with_metrics(metrics.clone())
+                .with_concurrency(aws.concurrency),
+            publisher: KinesisPublisher::new(kinesis.clone(), aws.stream.clone()),
             kinesis,
-            stream,
+            stream: aws.stream.clone(),
             metrics,
-        })
+            policy: config.policy,
+            buckets: config.buckets,
+            cache_entries: config.cache_entries,
+            tip_cache_entries: config.tip_cache_entries,
+        }
+    }
+
+    /// The command service over DynamoDB and Kinesis.
+    pub fn commands(&self) -> CommandService<DynamoStore, KinesisPublisher> {
+        CommandService::new(
+            self.store.clone(),
+            self.publisher.clone(),
+            self.policy,
+            self.buckets,
+            system_clock(),
+        )
+        .with_metrics(self.metrics.clone())
+        .with_tip_cache(self.tip_cache_entries)
+        .with_accounts_per_call(ACCOUNTS_PER_CALL)
+    }
+
+    /// The query service over DynamoDB.
+    pub fn query(&self) -> QueryService<DynamoStore, DynamoStore> {
+        QueryService::new(self.store.clone(), self.store.clone())
     }
 
     /// The HTTP API (commands and queries) over DynamoDB and Kinesis.
     pub fn router(&self) -> axum::Router {
-        let commands = CommandService::new(
-            self.store.clone(),
-            self.publisher.clone(),
-            Policy::default(),
-            BUCKETS_DEFAULT,
-            system_clock(),
-        )
-        .with_metrics(self.metrics.clone());
-        let query = QueryService::new(self.store.clone(), self.store.clone());
         router(Arc::new(Api {
-            commands,
-            query,
+            commands: self.commands(),
+            query: self.query(),
             metrics: self.metrics.clone(),
         }))
     }
@@ -80,7 +108,7 @@ impl AwsApp {
             self.store.clone(),
             self.store.clone(),
             self.store.clone(),
-            CACHE_ENTRIES_DEFAULT,
+            self.cache_entries,
             self.metrics.clone(),
         )
     }

@@ -17,8 +17,13 @@
 //! - [`adapters`]: `embedded` (redb store, in-process stream and event source mapping) and
 //!   `aws` (DynamoDB store, Kinesis publisher, Kinesis poller).
 //! - [`http`]: the axum router of the HTTP API.
+//! - [`config`]: the one typed configuration, built once from flags and `TALLY_*`
+//!   variables (the only module that reads the environment).
 //! - [`app`]: the embedded composition root used by the CLI and tests.
-//! - [`lambda`]: the AWS wiring shared by the Lambda entry points in `src/bin/`.
+//! - [`lambda`]: the AWS wiring shared by the Lambda entry points in `src/bin/` and the
+//!   CLI's AWS backend.
+//! - [`cli`]: the CLI's data commands (`ingest`, `balance`, `history`, `verify`, `replay`),
+//!   written once over the ports for both backends; `src/main.rs` parses and dispatches.
 //! - [`workload`]: the reproducible workload generator behind `tally gen`.
 //! - [`entropy`]: the randomness that changes behaviour (retry jitter, cache eviction
 //!   order), in one place so a simulation can replay it from its seed.
@@ -27,7 +32,9 @@
 
 pub mod adapters;
 pub mod app;
+pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod domain;
 pub mod entropy;
 pub mod http;

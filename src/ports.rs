@@ -10,6 +10,9 @@ use crate::domain::{
     AccountId, AccountState, Event, Refusal, Segment, Snapshot, TxnId, TxnOutcome,
 };
 
+/// Accounts [`EventStore::load_many`] reads concurrently by default.
+pub const LOADS_IN_FLIGHT_MAX: usize = 16;
+
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -89,6 +92,27 @@ impl PageWrite {
     }
 }
 
+/// What [`EventStore::load_many`] reads for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    pub account: AccountId,
+    pub txns: Vec<TxnId>,
+    /// A tip the caller already holds (what its own last append left): a backend may hand
+    /// it back instead of reading the tip again. Safe because every page with events is
+    /// written only at the version it was decided on, so a stale tip ends in a `Conflict`.
+    pub known: Option<AccountState>,
+}
+
+/// What [`EventStore::load_many`] found for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub tip: AccountState,
+    /// The tip was read from the store by this call (`false`: it is the `known` one).
+    pub fresh: bool,
+    /// The outcomes of the load's `txns`, in order, read by this call.
+    pub outcomes: Vec<Option<TxnOutcome>>,
+}
+
 /// Why a page was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
@@ -127,12 +151,14 @@ impl Appended {
 ///   one call commit in order; after the first page that fails, none of its later pages are
 ///   written. [`append`](Self::append) returns exactly one [`Appended`] per [`Append`], in
 ///   order, whatever happens (a backend failure is reported on every account it touched).
+///   An account may appear in more than one [`Append`] of a call: they take effect in call
+///   order, each as if it were a call of its own.
 /// - **Idempotent retry.** A page already written by the same attempt (same account, same
 ///   entries, same `recorded_at`, same [`Append::attempt`]) succeeds again without writing: a
 ///   caller that saw a timeout after the store committed retries the same bytes and learns it
-///   was written. (DynamoDB: a `ClientRequestToken` derived from the page and the attempt,
-///   honoured for 10 minutes; after that a retry is answered as a conflict and the caller
-///   finds its own outcome as a duplicate.)
+///   was written. (DynamoDB: a `ClientRequestToken` derived from the pages and the attempt
+///   when the retry travels in the same transaction, else the stored page or refusal
+///   markers compared with ours, attempt included.)
 /// - **One outcome per txn id, forever**: conditions above; outcomes never change except a
 ///   booked transaction's `reversed` flag going from false to true once.
 pub trait EventStore: Send + Sync + 'static {
@@ -149,6 +175,31 @@ pub trait EventStore: Send + Sync + 'static {
         account: &AccountId,
         txns: &[TxnId],
     ) -> impl Future<Output = Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError>> + Send;
+
+    /// [`load`](Self::load) for many accounts at once: one result per [`Load`], in order.
+    /// Outcomes are always read; a tip only where `known` is absent (a backend may read it
+    /// anyway and say so with `fresh`). Backends that read many accounts in one request do
+    /// (DynamoDB: one `BatchGetItem` for the markers of up to 100 ids across accounts).
+    fn load_many(
+        &self,
+        loads: Vec<Load>,
+    ) -> impl Future<Output = Vec<Result<Loaded, StoreError>>> + Send {
+        use futures_util::stream::{self, StreamExt};
+        async move {
+            stream::iter(loads)
+                .map(|l| async move {
+                    let (tip, outcomes) = self.load(&l.account, &l.txns).await?;
+                    Ok(Loaded {
+                        tip,
+                        fresh: true,
+                        outcomes,
+                    })
+                })
+                .buffered(LOADS_IN_FLIGHT_MAX)
+                .collect()
+                .await
+        }
+    }
 
     /// The outcome of `txn` on `account`, if it has one.
     fn txn(

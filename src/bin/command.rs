@@ -3,7 +3,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tally::lambda::init_tracing();
     let app = tally::lambda::AwsApp::from_env().await?;
     lambda_http::run(app.router()).await
 }

@@ -9,7 +9,6 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tally::lambda::init_tracing();
     let app = tally::lambda::AwsApp::from_env().await?;
     let (projector, metrics) = (Arc::new(app.projector()), app.metrics.clone());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KinesisEvent>| {

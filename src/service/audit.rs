@@ -3,6 +3,8 @@
 //! events, event chains that do not fold — and repairs nothing (it must be able to see what
 //! went wrong). Replay rewrites snapshots from the events.
 
+use futures_util::stream::{self, StreamExt};
+
 use crate::domain::{AccountId, Effect, Event, Snapshot};
 use crate::ports::{EventStore, SnapshotError, SnapshotPut, SnapshotStore, StoreError};
 use crate::service::projector::fold_group;
@@ -97,103 +99,184 @@ fn fold_all(events: &[Event], newest: u64) -> Result<Snapshot, String> {
     }
 }
 
-/// Visits every account with its newest version.
-async fn each_account<E: EventStore>(
-    events: &E,
-    mut visit: impl AsyncFnMut(AccountId, u64) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let mut after: Option<AccountId> = None;
-    loop {
-        let page = events.accounts(after.as_ref(), ACCOUNTS_PAGE).await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(());
-        };
-        after = Some(last.clone());
-        for (account, newest) in page {
-            visit(account, newest).await?;
-        }
-    }
+/// Accounts verified or replayed concurrently (their events read in parallel).
+pub const IN_FLIGHT_MAX: usize = 16;
+
+/// Accounts whose snapshots are read in one `get_many`.
+const CHUNK_ACCOUNTS: usize = 100;
+
+/// What one account came to.
+enum Finding {
+    Clean,
+    Different(Box<Difference>),
+    Lagging(Lag),
+    Broken(Broken),
 }
 
 /// Reads every account's events and snapshot and reports what disagrees. Writes nothing.
+/// Lists accounts page by page ([`EventStore::accounts`]).
 pub async fn verify<E: EventStore, S: SnapshotStore>(
     events: &E,
     snapshots: &S,
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    each_account(events, async |account, newest| {
-        report.accounts += 1;
-        let all = events.read(&account, 1, newest).await?;
-        report.events += all.len() as u64;
-        let stored = snapshots.get(account.as_str()).await?;
-        let upto = stored.map_or(newest, |s| s.version.min(newest));
-        let folded = match fold_all(&all[..(upto as usize).min(all.len())], upto)
-            .and_then(|s| fold_all(&all, newest).map(|_| s))
-        {
-            Ok(s) => s,
-            Err(reason) => {
-                report.broken.add(Broken { account, reason });
-                return Ok(());
-            }
+    let mut after: Option<AccountId> = None;
+    loop {
+        let page = events.accounts(after.as_ref(), ACCOUNTS_PAGE).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(report);
         };
-        let version = stored.map_or(0, |s| s.version);
-        if stored.is_some_and(|s| s.version <= newest) && stored != Some(folded) {
-            report.differences.add(Difference {
-                account,
-                stored,
-                folded,
-            });
-        } else if version > newest {
-            report.broken.add(Broken {
-                account,
-                reason: format!("snapshot at version {version} is ahead of the events ({newest})"),
-            });
-        } else if version < newest {
-            report.lagging.add(Lag {
-                account,
-                snapshot_version: version,
-                newest_version: newest,
-            });
-        }
-        Ok(())
-    })
-    .await?;
+        after = Some(last.clone());
+        verify_accounts(events, snapshots, &page, &mut report).await?;
+    }
+}
+
+/// [`verify`] over a listing the caller made (a backend's parallel scan: every account
+/// once, in any order, with its newest version when listed).
+pub async fn verify_listed<E: EventStore, S: SnapshotStore>(
+    events: &E,
+    snapshots: &S,
+    accounts: &[(AccountId, u64)],
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    verify_accounts(events, snapshots, accounts, &mut report).await?;
     Ok(report)
 }
 
-/// Rewrites every snapshot from its events; returns the number of accounts.
+async fn verify_accounts<E: EventStore, S: SnapshotStore>(
+    events: &E,
+    snapshots: &S,
+    accounts: &[(AccountId, u64)],
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    for chunk in accounts.chunks(CHUNK_ACCOUNTS) {
+        let names = chunk.iter().map(|(a, _)| a.to_string()).collect();
+        let stored = snapshots.get_many(names).await?;
+        let checked: Vec<Result<(u64, Finding), StoreError>> =
+            stream::iter(chunk.iter().zip(stored))
+                .map(|((account, newest), stored)| check(events, account, *newest, stored))
+                .buffered(IN_FLIGHT_MAX)
+                .collect()
+                .await;
+        for c in checked {
+            let (n, finding) = c?;
+            report.accounts += 1;
+            report.events += n;
+            match finding {
+                Finding::Clean => {}
+                Finding::Different(d) => report.differences.add(*d),
+                Finding::Lagging(l) => report.lagging.add(l),
+                Finding::Broken(b) => report.broken.add(b),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One account: its events (up to the newer of the listed version and the snapshot's, as a
+/// live system may have moved on since the listing) against its snapshot.
+async fn check<E: EventStore>(
+    events: &E,
+    account: &AccountId,
+    listed: u64,
+    stored: Option<Snapshot>,
+) -> Result<(u64, Finding), StoreError> {
+    let version = stored.map_or(0, |s| s.version);
+    let newest = listed.max(version);
+    let all = events.read(account, 1, newest).await?;
+    let n = all.len() as u64;
+    let newest = all.last().map_or(0, |e| e.version).max(listed);
+    let account = account.clone();
+    let upto = version.min(newest);
+    let folded = if stored.is_some() { upto } else { newest };
+    let folded = match fold_all(&all[..(folded as usize).min(all.len())], folded)
+        .and_then(|s| fold_all(&all, newest).map(|_| s))
+    {
+        Ok(s) => s,
+        Err(reason) => return Ok((n, Finding::Broken(Broken { account, reason }))),
+    };
+    Ok((
+        n,
+        if version > newest {
+            Finding::Broken(Broken {
+                account,
+                reason: format!("snapshot at version {version} is ahead of the events ({newest})"),
+            })
+        } else if stored.is_some() && stored != Some(folded) {
+            Finding::Different(Box::new(Difference {
+                account,
+                stored,
+                folded,
+            }))
+        } else if version < newest {
+            Finding::Lagging(Lag {
+                account,
+                snapshot_version: version,
+                newest_version: newest,
+            })
+        } else {
+            Finding::Clean
+        },
+    ))
+}
+
+/// Rewrites every snapshot from its events; returns the number of accounts. Lists accounts
+/// page by page.
 pub async fn replay<E: EventStore, S: SnapshotStore>(
     events: &E,
     snapshots: &S,
 ) -> Result<u64, StoreError> {
     let mut accounts = 0;
-    each_account(events, async |account, newest| {
-        let all = events.read(&account, 1, newest).await?;
-        let folded = fold_all(&all, newest).map_err(|reason| {
-            StoreError::Corrupt(format!("events of {account} do not fold: {reason}"))
-        })?;
-        let current = snapshots
-            .get(account.as_str())
-            .await?
-            .map_or(0, |s| s.version);
-        let put = SnapshotPut {
-            account: account.to_string(),
-            expected_version: current,
-            snapshot: folded,
+    let mut after: Option<AccountId> = None;
+    loop {
+        let page = events.accounts(after.as_ref(), ACCOUNTS_PAGE).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(accounts);
         };
-        match snapshots.put_many(vec![put]).await.pop() {
-            Some(Ok(())) => {}
-            Some(Err(SnapshotError::Conflict { .. })) => {
-                return Err(StoreError::Unavailable(format!(
-                    "{account} changed during replay; run it again"
-                )));
-            }
-            Some(Err(SnapshotError::Store(e))) => return Err(e),
-            None => {}
+        after = Some(last.clone());
+        accounts += replay_listed(events, snapshots, &page).await?;
+    }
+}
+
+/// [`replay`] over a listing the caller made.
+pub async fn replay_listed<E: EventStore, S: SnapshotStore>(
+    events: &E,
+    snapshots: &S,
+    accounts: &[(AccountId, u64)],
+) -> Result<u64, StoreError> {
+    for chunk in accounts.chunks(CHUNK_ACCOUNTS) {
+        let folded: Vec<Result<Snapshot, StoreError>> = stream::iter(chunk)
+            .map(|(account, newest)| async move {
+                let all = events.read(account, 1, *newest).await?;
+                fold_all(&all, *newest).map_err(|reason| {
+                    StoreError::Corrupt(format!("events of {account} do not fold: {reason}"))
+                })
+            })
+            .buffered(IN_FLIGHT_MAX)
+            .collect()
+            .await;
+        let names = chunk.iter().map(|(a, _)| a.to_string()).collect();
+        let current = snapshots.get_many(names).await?;
+        let mut puts = Vec::with_capacity(chunk.len());
+        for (((account, _), snapshot), current) in chunk.iter().zip(folded).zip(current) {
+            puts.push(SnapshotPut {
+                account: account.to_string(),
+                expected_version: current.map_or(0, |s| s.version),
+                snapshot: snapshot?,
+            });
         }
-        accounts += 1;
-        Ok(())
-    })
-    .await?;
-    Ok(accounts)
+        for (put, result) in chunk.iter().zip(snapshots.put_many(puts).await) {
+            match result {
+                Ok(()) => {}
+                Err(SnapshotError::Conflict { .. }) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{} changed during replay; run it again",
+                        put.0
+                    )));
+                }
+                Err(SnapshotError::Store(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(accounts.len() as u64)
 }

@@ -19,16 +19,22 @@ use crate::domain::limits::{
     APPEND_RETRIES_MAX, PAGE_EVENTS_MAX, RECORD_BYTES_MAX, RETRY_DELAY_MS_MAX,
 };
 use crate::domain::{
-    AccountId, Command, Decision, Event, Page, Policy, Refusal, Rejection, Timestamp, TxnId,
-    TxnOutcome, decide_run,
+    AccountId, AccountState, Command, Decision, Event, Page, Policy, Refusal, Rejection, Timestamp,
+    TxnId, TxnOutcome, decide_run,
 };
 use crate::ports::{
-    Append, AppendError, Appended, EventPublisher, EventStore, OutRecord, PageWrite, StoreError,
+    Append, AppendError, Appended, EventPublisher, EventStore, Load, OutRecord, PageWrite,
+    StoreError,
 };
+use crate::service::locks::Turns;
 use crate::service::metrics::Metrics;
+use crate::service::tips::Tips;
 
-/// Accounts loaded (tip and outcomes) concurrently by one call.
-pub const LOADS_IN_FLIGHT_MAX: usize = 16;
+/// Accounts loaded (tip and outcomes) concurrently by one call, unless the store batches.
+pub use crate::ports::LOADS_IN_FLIGHT_MAX;
+
+/// Slices of one call in flight at once (see [`CommandService::with_accounts_per_call`]).
+pub const SLICES_IN_FLIGHT_MAX: usize = 4;
 
 /// What happened to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +151,9 @@ pub struct CommandService<S, P> {
     clock: Clock,
     backoff: Backoff,
     metrics: Arc<Metrics>,
+    tips: Arc<Tips>,
+    turns: Arc<Turns>,
+    accounts_per_call: usize,
 }
 
 /// One chunk's decisions that are not final yet, and the pages that make them final.
@@ -239,7 +248,30 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             clock,
             backoff: jittered_backoff(),
             metrics: Arc::default(),
+            tips: Arc::default(),
+            turns: Arc::default(),
+            accounts_per_call: usize::MAX,
         }
+    }
+
+    /// Cuts a call's accounts into slices of at most `accounts` that go through
+    /// concurrently (at most [`SLICES_IN_FLIGHT_MAX`]), each published as soon as it is
+    /// durable: the projector starts on the first accounts of a large bulk call while later
+    /// ones are still being appended. For a remote store; the embedded store commits a
+    /// call's accounts in one write transaction and is best left at one slice.
+    pub fn with_accounts_per_call(mut self, accounts: usize) -> Self {
+        self.accounts_per_call = accounts.max(1);
+        self
+    }
+
+    /// Remembers the tips its own appends leave, for up to `entries_max` accounts (0: off),
+    /// so the next command of an account skips reading its tip where the store allows
+    /// ([`Load::known`]). For a long-lived process that books the same accounts again and
+    /// again (a bulk ingest, an API instance); a tip another writer moved on costs one
+    /// conflict and a reload.
+    pub fn with_tip_cache(mut self, entries_max: usize) -> Self {
+        self.tips = Arc::new(Tips::new(entries_max));
+        self
     }
 
     /// Counts appended events into shared metrics.
@@ -284,7 +316,39 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// page that was in fact written is recognised by the store). Both with jittered
     /// backoff, bounded by [`APPEND_RETRIES_MAX`]. Whatever was booked is published and its
     /// outcome returned, even alongside an error.
-    pub async fn submit_chunks(&self, chunks: Vec<AccountChunk>) -> Submitted {
+    ///
+    /// Calls of this service (and its clones) on the same accounts take turns (see
+    /// [`crate::service::locks`]). With [`Self::with_accounts_per_call`], the chunks are
+    /// cut into slices of accounts that go through concurrently, each published as soon
+    /// as it is durable.
+    pub async fn submit_chunks(&self, mut chunks: Vec<AccountChunk>) -> Submitted {
+        let _turns = self.turns.take(chunks.iter().map(|c| &c.account)).await;
+        if chunks.len() <= self.accounts_per_call {
+            return self.submit_slice(chunks).await;
+        }
+        let mut slices = Vec::with_capacity(chunks.len() / self.accounts_per_call + 1);
+        while !chunks.is_empty() {
+            let rest = chunks.split_off(self.accounts_per_call.min(chunks.len()));
+            slices.push(std::mem::replace(&mut chunks, rest));
+        }
+        let parts: Vec<Submitted> = stream::iter(slices)
+            .map(|slice| self.submit_slice(slice))
+            .buffered(SLICES_IN_FLIGHT_MAX)
+            .collect()
+            .await;
+        let mut all = Submitted {
+            outcomes: Vec::new(),
+            error: None,
+        };
+        for part in parts {
+            all.outcomes.extend(part.outcomes);
+            all.error = all.error.or(part.error);
+        }
+        all
+    }
+
+    /// One slice: book, then publish what was booked.
+    async fn submit_slice(&self, chunks: Vec<AccountChunk>) -> Submitted {
         let mut booked: Vec<Page> = Vec::new();
         let submitted = self.book(&chunks, &mut booked).await;
         Metrics::add(
@@ -340,7 +404,22 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             let results = self.append_planned(chunks, &plans, &pending).await;
             for (i, result) in results {
                 let plan = plans[i].as_mut().expect("planned chunks have a plan");
-                match settle(&chunks[i].account, plan, result, &mut done[i], booked) {
+                let account = &chunks[i].account;
+                let before = booked.len();
+                let next = settle(account, plan, result, &mut done[i], booked);
+                if let Some(last) = booked[before..].last().and_then(|p| p.events().last()) {
+                    self.tips.put(
+                        account,
+                        AccountState {
+                            version: last.version,
+                            balance: last.balance,
+                        },
+                    );
+                }
+                if !matches!(next, Next::Done) {
+                    self.tips.forget(account);
+                }
+                match next {
                     Next::Done => plans[i] = None,
                     Next::Retry(e) => {
                         last_failure = CommandError::Store(e);
@@ -420,45 +499,88 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         out
     }
 
-    /// Loads and decides the undecided rest of each chunk in `which`, accounts concurrently
-    /// (at most [`LOADS_IN_FLIGHT_MAX`] loads in flight).
+    /// Loads (one [`EventStore::load_many`]) and decides the undecided rest of each chunk in
+    /// `which`. A tip from the cache is trusted only by plans whose every page carries
+    /// events: those are written only at the version they were decided on, so a stale tip
+    /// ends in a conflict and a reload. A plan with a page of refusals only (written without a
+    /// version condition) is decided again on a tip read now.
     async fn plan_all(
         &self,
         chunks: &[AccountChunk],
         done: &[Vec<CommandOutcome>],
         which: &[usize],
     ) -> Vec<(usize, Result<Plan, StoreError>)> {
-        let now = (self.clock)();
-        stream::iter(which.iter().copied())
-            .map(|i| {
-                let commands = &chunks[i].commands[done[i].len()..];
-                async move { (i, self.plan(&chunks[i].account, commands, now).await) }
-            })
-            .buffered(LOADS_IN_FLIGHT_MAX)
-            .collect()
-            .await
+        let mut out = Vec::with_capacity(which.len());
+        let mut reread = Vec::new();
+        let loaded = self.load_rests(chunks, done, which, true).await;
+        for (&i, l) in which.iter().zip(loaded) {
+            match l {
+                Ok((fresh, plan)) if !fresh && plan.pages.iter().any(|p| p.events.is_empty()) => {
+                    reread.push(i);
+                }
+                Ok((_, plan)) => out.push((i, Ok(plan))),
+                Err(e) => out.push((i, Err(e))),
+            }
+        }
+        if !reread.is_empty() {
+            let loaded = self.load_rests(chunks, done, &reread, false).await;
+            out.extend(
+                reread
+                    .iter()
+                    .copied()
+                    .zip(loaded.into_iter().map(|l| l.map(|(_, p)| p))),
+            );
+        }
+        out
     }
 
-    /// Decides `commands` against the stored tip and outcomes, without writing.
-    async fn plan(
+    /// Loads the undecided rest of each chunk in `which` (tips from the cache if `cached`)
+    /// and decides it without writing; whether each tip was read now, and the plan.
+    async fn load_rests(
         &self,
-        account: &AccountId,
-        commands: &[Command],
-        now: Timestamp,
-    ) -> Result<Plan, StoreError> {
-        let mut ids: Vec<TxnId> = Vec::with_capacity(commands.len() * 2);
-        for c in commands {
-            ids.push(c.txn_id().clone());
-            ids.extend(c.reverses().cloned());
-        }
-        let (tip, found) = self.store.load(account, &ids).await?;
-        let mut outcomes: HashMap<TxnId, TxnOutcome> = ids
-            .into_iter()
-            .zip(found)
-            .filter_map(|(id, o)| Some((id, o?)))
-            .collect();
-        let (decisions, _) = decide_run(tip, &mut outcomes, commands, now, &self.policy);
-        Ok(Plan::new(decisions, tip.version))
+        chunks: &[AccountChunk],
+        done: &[Vec<CommandOutcome>],
+        which: &[usize],
+        cached: bool,
+    ) -> Vec<Result<(bool, Plan), StoreError>> {
+        let now = (self.clock)();
+        let loads = which
+            .iter()
+            .map(|&i| {
+                let account = &chunks[i].account;
+                let mut txns = Vec::new();
+                for c in &chunks[i].commands[done[i].len()..] {
+                    txns.push(c.txn_id().clone());
+                    txns.extend(c.reverses().cloned());
+                }
+                Load {
+                    account: account.clone(),
+                    txns,
+                    known: if cached { self.tips.get(account) } else { None },
+                }
+            })
+            .collect::<Vec<_>>();
+        let ids: Vec<Vec<TxnId>> = loads.iter().map(|l| l.txns.clone()).collect();
+        let loaded = self.store.load_many(loads).await;
+        which
+            .iter()
+            .zip(ids)
+            .zip(loaded)
+            .map(|((&i, ids), l)| {
+                let l = l?;
+                if l.fresh {
+                    self.tips.put(&chunks[i].account, l.tip);
+                }
+                let mut outcomes: HashMap<TxnId, TxnOutcome> = ids
+                    .into_iter()
+                    .zip(l.outcomes)
+                    .filter_map(|(id, o)| Some((id, o?)))
+                    .collect();
+                let commands = &chunks[i].commands[done[i].len()..];
+                let (decisions, _) = decide_run(l.tip, &mut outcomes, commands, now, &self.policy);
+                Ok((l.fresh, Plan::new(decisions, l.tip.version)))
+            })
+            .collect()
     }
 
     /// Publishes booked pages, aggregated by bucket. A failure is logged, not returned: the

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::codec::rows::{Row, RowError, RowReader};
-use crate::domain::{AccountId, describe_reuse};
+use crate::domain::{AccountId, Event, describe_reuse};
 use crate::ports::{EventPublisher, EventStore};
 use crate::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
 
@@ -58,6 +58,9 @@ pub enum StopCause {
     Command(CommandError),
     #[error("cannot write the rejects file: {0}")]
     Rejects(std::io::Error),
+    /// The caller asked to stop (an operator's Ctrl-C) between two windows.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,14 +218,24 @@ pub enum ReadAhead {
     Inline,
 }
 
-/// Ingests `rows` through `service`: a window at a time, each window's rows decided
-/// together, reading the next window on a thread of its own meanwhile. Rejects go to
-/// `rejects`; `progress` hears the rows read so far after every window.
+/// What one window came to, for progress reports and for callers that follow the events
+/// (to wait until they are projected, to show the file's balances).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Rows read so far, all with outcomes.
+    pub rows: u64,
+    pub summary: &'a IngestSummary,
+    /// Each account of the window (first-appearance order) with the newest version its
+    /// rows booked or found already booked (0: none, e.g. only refusals).
+    pub accounts: &'a [(AccountId, u64)],
+}
+
+/// Ingests every row of `rows`. `progress` is called after each window.
 pub async fn ingest<R, S, P, W>(
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(&Progress),
 ) -> Result<IngestSummary, IngestError>
 where
     R: Read + Send + 'static,
@@ -230,16 +243,39 @@ where
     P: EventPublisher,
     W: Write,
 {
-    ingest_with(ReadAhead::Thread, rows, service, rejects, progress).await
+    ingest_with(ReadAhead::Thread, rows, service, rejects, progress, || {
+        false
+    })
+    .await
 }
 
-/// [`ingest`], choosing where windows are read.
+/// [`ingest`], stopping between two windows once `stop` says so: every row read until
+/// then has its outcome, and the error names the first line not read
+/// ([`StopCause::Interrupted`]).
+pub async fn ingest_until<R, S, P, W>(
+    rows: RowReader<R>,
+    service: &CommandService<S, P>,
+    rejects: &mut Rejects<W>,
+    progress: impl FnMut(&Progress),
+    stop: impl Fn() -> bool,
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
+    ingest_with(ReadAhead::Thread, rows, service, rejects, progress, stop).await
+}
+
+/// [`ingest_until`], choosing where windows are read.
 pub async fn ingest_with<R, S, P, W>(
     read_ahead: ReadAhead,
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(&Progress),
+    stop: impl Fn() -> bool,
 ) -> Result<IngestSummary, IngestError>
 where
     R: Read + Send + 'static,
@@ -259,33 +295,52 @@ where
     })?;
     let mut read_error = None;
     while let Some(window) = source.next().await {
-        summary.rows += (window.rows.len() + window.invalid.len()) as u64;
+        let read = window.rows.len() + window.invalid.len();
+        summary.rows += read as u64;
         for e in &window.invalid {
             summary.invalid += 1;
             let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
             if let Err(io) = rejects.write(e.line, "", "", what) {
-                return Err(stop(summary, started, e.line, StopCause::Rejects(io)));
+                return Err(stopped(summary, started, e.line, StopCause::Rejects(io)));
             }
         }
-        if let Err((line, cause)) = submit_window(window.rows, service, rejects, &mut summary).await
-        {
-            return Err(stop(summary, started, line, cause));
+        let last_line = window
+            .rows
+            .last()
+            .map(|r| r.line)
+            .max(window.invalid.last().map(|e| e.line));
+        match submit_window(window.rows, service, rejects, &mut summary).await {
+            Ok(accounts) => progress(&Progress {
+                rows: summary.rows,
+                summary: &summary,
+                accounts: &accounts,
+            }),
+            Err((line, cause)) => return Err(stopped(summary, started, line, cause)),
         }
-        progress(summary.rows);
         if window.fatal.is_some() {
             read_error = window.fatal;
             break;
+        }
+        // Rows the reader thread read ahead have no outcome yet: the next line is where a
+        // rerun resumes. (A window short of full was the input's last.)
+        if let Some(line) = last_line.filter(|_| read >= INGEST_WINDOW_ROWS && stop()) {
+            return Err(stopped(summary, started, line + 1, StopCause::Interrupted));
         }
     }
     source.finish();
     summary.elapsed = started.elapsed();
     match read_error {
-        Some(e) => Err(stop(summary, started, e.line, StopCause::Read(e))),
+        Some(e) => Err(stopped(summary, started, e.line, StopCause::Read(e))),
         None => Ok(summary),
     }
 }
 
-fn stop(mut summary: IngestSummary, started: Instant, line: u64, cause: StopCause) -> IngestError {
+fn stopped(
+    mut summary: IngestSummary,
+    started: Instant,
+    line: u64,
+    cause: StopCause,
+) -> IngestError {
     summary.elapsed = started.elapsed();
     IngestError::Stopped {
         summary,
@@ -294,15 +349,16 @@ fn stop(mut summary: IngestSummary, started: Instant, line: u64, cause: StopCaus
     }
 }
 
-/// Submits one window; on failure, the first line without an outcome and why.
+/// Submits one window; its accounts with their newest booked versions, or on failure the
+/// first line without an outcome and why.
 async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     window: Vec<Row>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     summary: &mut IngestSummary,
-) -> Result<(), (u64, StopCause)> {
+) -> Result<Vec<(AccountId, u64)>, (u64, StopCause)> {
     if window.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // Group by account, first-appearance order, each account's rows in file order.
     let mut index: HashMap<AccountId, usize> = HashMap::new();
@@ -324,12 +380,20 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     let submitted = service.submit_chunks(chunks).await;
     let mut first_unprocessed: Option<u64> = None;
     let mut write_error = None;
-    for ((_, rows), outcomes) in queues.iter().zip(&submitted.outcomes) {
+    let mut accounts = Vec::with_capacity(queues.len());
+    for ((account, rows), outcomes) in queues.iter().zip(&submitted.outcomes) {
+        let mut newest = 0;
         for (row, outcome) in rows.iter().zip(outcomes) {
+            if let CommandOutcome::Booked(Event { version, .. })
+            | CommandOutcome::Duplicate(Event { version, .. }) = outcome
+            {
+                newest = newest.max(*version);
+            }
             if let Err(e) = count(row, outcome, rejects, summary) {
                 write_error.get_or_insert((row.line, e));
             }
         }
+        accounts.push((account.clone(), newest));
         for row in &rows[outcomes.len().min(rows.len())..] {
             summary.unprocessed += 1;
             first_unprocessed = Some(first_unprocessed.map_or(row.line, |l| l.min(row.line)));
@@ -341,7 +405,7 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     }
     match write_error {
         Some((line, e)) => Err((line, StopCause::Rejects(e))),
-        None => Ok(()),
+        None => Ok(accounts),
     }
 }
 

@@ -3,6 +3,8 @@
 pub mod audit;
 pub mod command;
 pub mod ingest;
+pub mod locks;
 pub mod metrics;
 pub mod projector;
 pub mod query;
+mod tips;

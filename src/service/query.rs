@@ -30,6 +30,12 @@ impl<E: EventStore, S: SnapshotStore> QueryService<E, S> {
         QueryService { events, snapshots }
     }
 
+    /// The snapshot store as is (no completion from the events): for callers that wait
+    /// for the projector.
+    pub fn snapshots(&self) -> &S {
+        &self.snapshots
+    }
+
     /// The account's snapshot, completed from the event store if it lags; `None` for an
     /// account with no events.
     pub async fn balance(&self, account: &AccountId) -> Result<Option<Snapshot>, StoreError> {

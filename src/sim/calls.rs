@@ -181,7 +181,7 @@ pub(crate) async fn run_op<S: EventStore, P: EventPublisher>(
                 }
             };
             let read = ReadAhead::Inline; // a reader thread would not replay
-            Answer::Ingest(ingest_with(read, rows, commands, &mut rejects, |_| {}).await)
+            Answer::Ingest(ingest_with(read, rows, commands, &mut rejects, |_| {}, || false).await)
         }
     }
 }

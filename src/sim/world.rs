@@ -44,7 +44,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3_600);
 
 /// One process lifetime: its services and its mapping.
 struct Incarnation<B: Backend> {
-    commands: CommandService<Events<B>, SimPublisher>,
+    /// One command service per front end (the API Lambda's concurrent instances, each with
+    /// its own per-account turns and tip cache): clients spread over them, so calls on one
+    /// account race across processes as they do in production.
+    commands: Vec<CommandService<Events<B>, SimPublisher>>,
     instances: Vec<Arc<SimProjector<B>>>,
     mapping: Arc<Mapping<Events<B>, Snaps<B>, Quar<B>>>,
 }
@@ -175,14 +178,18 @@ impl<B: Backend> World<B> {
             let ms = LEDGER_EPOCH_MS + origin.elapsed().as_millis() as i64;
             Timestamp::from_millis(ms).unwrap_or(Timestamp::MAX)
         });
-        let commands = CommandService::new(
-            events,
-            SimPublisher(self.stream.clone()),
-            self.config.policy,
-            self.config.buckets,
-            clock,
-        )
-        .with_metrics(metrics);
+        let commands = (0..self.config.instances.max(1))
+            .map(|_| {
+                CommandService::new(
+                    events.clone(),
+                    SimPublisher(self.stream.clone()),
+                    self.config.policy,
+                    self.config.buckets,
+                    clock.clone(),
+                )
+                .with_metrics(metrics.clone())
+            })
+            .collect();
         let settings = Settings {
             batch_size: self.config.batch_size,
             retries_max: self.config.retries_max,
@@ -287,7 +294,7 @@ impl<B: Backend> World<B> {
                 let answer = tokio::select! {
                     biased;
                     () = self.crashes_seen.after(epoch) => None,
-                    a = run(&inc, op) => Some(a),
+                    a = run(&inc, id, op) => Some(a),
                 };
                 drop(inc);
                 if self.record(id, call, op, answer) {
@@ -325,7 +332,7 @@ impl<B: Backend> World<B> {
         for (account, command) in unanswered {
             let call = self.next_call.fetch_add(1, Ordering::Relaxed);
             let op = Op::Single { account, command };
-            let answer = run(&inc, &op).await;
+            let answer = run(&inc, RESUBMITTER, &op).await;
             self.record(RESUBMITTER, call, &op, Some(answer));
         }
         if !self.drain(&inc).await {
@@ -368,8 +375,7 @@ impl<B: Backend> World<B> {
             .collect();
         let mut again = Vec::with_capacity(answered.len());
         for a in answered {
-            let o = inc
-                .commands
+            let o = inc.commands[0]
                 .submit(a.account.clone(), a.command.clone())
                 .await;
             again.push((
@@ -410,6 +416,7 @@ impl<B: Backend> World<B> {
     }
 }
 
-async fn run<B: Backend>(inc: &Incarnation<B>, op: &Op) -> Answer {
-    run_op(&inc.commands, op).await
+/// Runs `op` of client `client` on that client's front end.
+async fn run<B: Backend>(inc: &Incarnation<B>, client: usize, op: &Op) -> Answer {
+    run_op(&inc.commands[client % inc.commands.len()], op).await
 }

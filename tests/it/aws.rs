@@ -167,6 +167,34 @@ async fn dynamodb_an_identical_page_from_another_attempt_is_not_a_success() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_each_of_many_accounts_in_one_call_gets_its_own_result() {
+    if let Some(store) = store("many").await {
+        store_contract::each_of_many_accounts_in_one_call_gets_its_own_result(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_an_account_twice_in_one_call_is_appended_in_order() {
+    if let Some(store) = store("twice").await {
+        store_contract::an_account_twice_in_one_call_is_appended_in_order(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_retry_is_recognised_whatever_travels_with_it() {
+    if let Some(store) = store("regroup").await {
+        store_contract::a_retry_is_recognised_whatever_travels_with_it(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_load_many_answers_each_account_as_load_does() {
+    if let Some(store) = store("loadmany").await {
+        store_contract::load_many_answers_each_account_as_load_does(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_refusals_are_outcomes_even_without_events() {
     if let Some(store) = store("refusals").await {
         store_contract::refusals_are_outcomes_even_without_events(store).await;
@@ -381,7 +409,7 @@ async fn the_whole_pipeline_on_dynamodb_books_the_example_and_verifies_clean() {
 }
 
 /// A fresh stream on kinesalite, or `None` (and a note) without it.
-async fn kinesis(test: &str, shards: i32) -> Option<(aws_sdk_kinesis::Client, String)> {
+pub(crate) async fn kinesis(test: &str, shards: i32) -> Option<(aws_sdk_kinesis::Client, String)> {
     let Ok(endpoint) = std::env::var("TALLY_TEST_KINESIS_ENDPOINT") else {
         use std::io::Write;
         let _ = writeln!(

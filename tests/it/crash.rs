@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::http::send;
 
 fn tally() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
+    crate::harness::tally_bin()
 }
 
 /// Starts `tally serve` on an ephemeral loopback port; returns it and its address.

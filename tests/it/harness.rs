@@ -128,3 +128,15 @@ pub fn lambda_json(records: &[Vec<u8>]) -> String {
         .collect();
     format!(r#"{{"Records":[{}]}}"#, items.join(","))
 }
+
+/// The real `tally` binary, with none of the caller's `TALLY_*` settings (a shell that ran
+/// `export TALLY_BACKEND=aws` must not move these tests to AWS); `TALLY_TEST_*` stay.
+pub fn tally_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TALLY_") && !k.starts_with("TALLY_TEST_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}

@@ -3,6 +3,7 @@
 //! projector's batch fold.
 
 mod aws;
+mod aws_cli;
 mod clients;
 mod codec_robustness;
 mod cost;

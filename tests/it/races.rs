@@ -156,7 +156,7 @@ async fn a_bulk_body_with_an_undecodable_line_reports_it_as_a_row_and_books_the_
 }
 
 fn tally() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+    crate::harness::tally_bin()
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {

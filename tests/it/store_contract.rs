@@ -9,7 +9,7 @@ use tally::domain::{
     AccountId, AccountState, Command, Event, EventKind, Money, Refusal, Rejection, Timestamp,
     TxnOutcome,
 };
-use tally::ports::{Append, AppendError, Appended, EventStore, PageWrite};
+use tally::ports::{Append, AppendError, Appended, EventStore, Load, PageWrite};
 
 use crate::harness::txn;
 
@@ -367,6 +367,241 @@ async fn embedded_an_identical_page_from_another_attempt_is_not_a_success() {
         .await;
 }
 
+/// Many accounts in one call (more than one DynamoDB transaction holds): each gets its own
+/// result, in order; a stale writer and a reused id fail alone, everything else is written.
+pub async fn each_of_many_accounts_in_one_call_gets_its_own_result<S: EventStore>(store: S) {
+    let ids: Vec<AccountId> = (0..150)
+        .map(|i| AccountId::new(format!("many-{i:03}")).unwrap())
+        .collect();
+    // Account 70 already has an event; account 120 already used the id it will send.
+    assert_eq!(
+        store
+            .append(vec![
+                append(&ids[70], 0, vec![events(vec![deposit(1, "pre", 1, 1)])]),
+                append(&ids[120], 0, vec![events(vec![deposit(1, "dup", 1, 1)])]),
+            ])
+            .await,
+        vec![ok(1), ok(1)]
+    );
+    let calls: Vec<Append> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (expected, first) = if i == 120 { (1, 2) } else { (0, 1) };
+            let id_of = |k: u64| {
+                if i == 120 {
+                    "dup".into()
+                } else {
+                    format!("m{i}-{k}")
+                }
+            };
+            let pages = vec![
+                events(vec![deposit(first, &id_of(first), 10, 10)]),
+                events(vec![deposit(first + 1, &format!("m{i}-next"), 5, 15)]),
+            ];
+            append(id, expected, pages)
+        })
+        .collect();
+    let results = store.append(calls).await;
+    assert_eq!(results.len(), ids.len());
+    for (i, r) in results.iter().enumerate() {
+        let want = match i {
+            70 => stopped(0, AppendError::Conflict { current: 1 }),
+            120 => stopped(0, AppendError::DuplicateTxn(txn("dup"))),
+            _ => ok(2),
+        };
+        assert_eq!(r, &want, "account {i}");
+    }
+    assert_eq!(store.tip(&ids[0]).await.unwrap().version, 2);
+    assert_eq!(store.tip(&ids[149]).await.unwrap().version, 2);
+    assert_eq!(store.tip(&ids[70]).await.unwrap().version, 1);
+    assert_eq!(store.txn(&ids[70], &txn("m70-1")).await.unwrap(), None);
+    assert_eq!(store.tip(&ids[120]).await.unwrap().version, 1);
+}
+
+/// An account that appears more than once in one call is appended as if by calls in that
+/// order: a second append at a version the first took conflicts, one that continues the
+/// first goes on, and one that continues a failed first is a conflict at the real tip, never
+/// a page written past a gap. The other accounts of the call are untouched by all of it.
+pub async fn an_account_twice_in_one_call_is_appended_in_order<S: EventStore>(store: S) {
+    let (a, b, d) = (
+        AccountId::new("twice-a").unwrap(),
+        AccountId::new("twice-b").unwrap(),
+        AccountId::new("twice-d").unwrap(),
+    );
+    // d has no event but has refused "dd": a page booking "dd" fails as a duplicate.
+    let refused = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("dd", 5, 0, 0), refusal("dd2", 5, 0, 0)],
+    };
+    assert_eq!(
+        store.append(vec![append(&d, 0, vec![refused])]).await,
+        vec![ok(1)]
+    );
+    let results = store
+        .append(vec![
+            append(&a, 0, vec![events(vec![deposit(1, "a1", 10, 10)])]),
+            append(&b, 0, vec![events(vec![deposit(1, "b1", 7, 7)])]),
+            append(&a, 0, vec![events(vec![deposit(1, "a1x", 3, 3)])]),
+            append(&a, 1, vec![events(vec![deposit(2, "a2", 5, 15)])]),
+            append(&d, 0, vec![events(vec![deposit(1, "dd", 1, 1)])]),
+            append(&d, 1, vec![events(vec![deposit(2, "d2", 1, 2)])]),
+        ])
+        .await;
+    assert_eq!(
+        results,
+        vec![
+            ok(1),
+            ok(1),
+            stopped(0, AppendError::Conflict { current: 1 }),
+            ok(1),
+            stopped(0, AppendError::DuplicateTxn(txn("dd"))),
+            stopped(0, AppendError::Conflict { current: 0 }),
+        ]
+    );
+    assert_eq!(store.tip(&a).await.unwrap().version, 2);
+    assert_eq!(store.txn(&a, &txn("a1x")).await.unwrap(), None);
+    assert_eq!(store.tip(&b).await.unwrap().version, 1);
+    assert_eq!(store.tip(&d).await.unwrap().version, 0);
+    assert_eq!(store.txn(&d, &txn("d2")).await.unwrap(), None);
+    assert!(
+        store.read(&d, 1, 10).await.unwrap().is_empty(),
+        "no page past a gap"
+    );
+}
+
+/// A call retried after a timeout that hid its commit succeeds again whatever travels with
+/// it: here the retry carries the accounts alone, or with a further page, where the first
+/// call carried them together (a DynamoDB transaction of other accounts, another token).
+pub async fn a_retry_is_recognised_whatever_travels_with_it<S: EventStore>(store: S) {
+    let (x, y, z) = (
+        AccountId::new("regroup-x").unwrap(),
+        AccountId::new("regroup-y").unwrap(),
+        AccountId::new("regroup-z").unwrap(),
+    );
+    let x_page = events(vec![deposit(1, "x1", 100, 100), deposit(2, "x2", 1, 101)]);
+    let y_page = PageWrite {
+        events: vec![deposit(1, "y1", 10, 10)],
+        refusals: vec![refusal("y2", 50, 10, 1)],
+    };
+    let z_page = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("z1", 5, 0, 0), refusal("z2", 6, 0, 0)],
+    };
+    let first = store
+        .append(vec![
+            append(&x, 0, vec![x_page.clone()]),
+            append(&y, 0, vec![y_page.clone()]),
+            append(&z, 0, vec![z_page.clone()]),
+        ])
+        .await;
+    assert_eq!(first, vec![ok(1), ok(1), ok(1)]);
+    let x_next = events(vec![deposit(3, "x3", 1, 102)]);
+    assert_eq!(
+        store
+            .append(vec![append(&y, 0, vec![y_page.clone()])])
+            .await,
+        vec![ok(1)]
+    );
+    assert_eq!(
+        store
+            .append(vec![
+                append(&z, 0, vec![z_page.clone()]),
+                append(&x, 0, vec![x_page.clone(), x_next]),
+            ])
+            .await,
+        vec![ok(1), ok(2)]
+    );
+    assert_eq!(store.read(&x, 1, 10).await.unwrap().len(), 3);
+    assert_eq!(store.read(&y, 1, 10).await.unwrap().len(), 1);
+    // Another writer's refusals under the same ids are not ours: still duplicates.
+    let other = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("z1", 5, 0, 0), refusal("z2", 7, 0, 0)],
+    };
+    assert_eq!(
+        store.append(vec![append(&z, 0, vec![other])]).await,
+        vec![stopped(0, AppendError::DuplicateTxn(txn("z1")))]
+    );
+}
+
+/// `load_many` answers each account as `load` does (outcomes always read, whatever account
+/// they belong to), and a known tip comes back as given when the store skips reading it.
+pub async fn load_many_answers_each_account_as_load_does<S: EventStore>(store: S) {
+    let (booked, refused, empty) = (
+        AccountId::new("lm-booked").unwrap(),
+        AccountId::new("lm-refused").unwrap(),
+        AccountId::new("lm-empty").unwrap(),
+    );
+    let page = PageWrite {
+        events: vec![deposit(1, "b1", 100, 100), deposit(2, "b2", 5, 105)],
+        refusals: vec![refusal("b3", 500, 105, 2)],
+    };
+    let refusals = PageWrite {
+        events: vec![],
+        refusals: vec![refusal("r1", 5, 0, 0)],
+    };
+    assert_eq!(
+        store
+            .append(vec![
+                append(&booked, 0, vec![page]),
+                append(&refused, 0, vec![refusals]),
+            ])
+            .await,
+        vec![ok(1), ok(1)]
+    );
+    let ids = |names: &[&str]| names.iter().map(|n| txn(n)).collect::<Vec<_>>();
+    let loads = vec![
+        Load {
+            account: booked.clone(),
+            txns: ids(&["b2", "zz", "b3", "b1"]),
+            known: None,
+        },
+        Load {
+            account: refused.clone(),
+            // The same id as another account's: outcomes are per account.
+            txns: ids(&["r1", "b1"]),
+            known: None,
+        },
+        Load {
+            account: empty.clone(),
+            txns: ids(&["b1"]),
+            known: None,
+        },
+    ];
+    let many = store.load_many(loads.clone()).await;
+    assert_eq!(many.len(), 3);
+    for (l, got) in loads.iter().zip(&many) {
+        let got = got.as_ref().unwrap();
+        let (tip, outcomes) = store.load(&l.account, &l.txns).await.unwrap();
+        assert_eq!((got.tip, &got.outcomes, got.fresh), (tip, &outcomes, true));
+    }
+    assert!(many[0].as_ref().unwrap().outcomes[1].is_none());
+    assert!(many[1].as_ref().unwrap().outcomes[0].is_some());
+    assert!(many[1].as_ref().unwrap().outcomes[1].is_none());
+    // A known tip: either read again (fresh) or handed back as given; outcomes still read.
+    let stale = AccountState {
+        version: 1,
+        balance: Money(100),
+    };
+    let known = store
+        .load_many(vec![Load {
+            account: booked.clone(),
+            txns: ids(&["b1"]),
+            known: Some(stale),
+        }])
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(known.outcomes[0].is_some());
+    if known.fresh {
+        assert_eq!(known.tip.version, 2);
+    } else {
+        assert_eq!(known.tip, stale);
+    }
+}
+
 /// Refusals are outcomes: stored with their figures, even on an account with no events, and
 /// a refused id cannot be booked afterwards.
 pub async fn refusals_are_outcomes_even_without_events<S: EventStore>(store: S) {
@@ -413,6 +648,27 @@ async fn embedded_an_accounts_pages_stop_at_the_first_failure() {
 #[tokio::test]
 async fn embedded_a_retried_page_succeeds_again_and_writes_once() {
     a_retried_page_succeeds_again_and_writes_once(EmbeddedStore::in_memory().unwrap()).await;
+}
+
+#[tokio::test]
+async fn embedded_each_of_many_accounts_in_one_call_gets_its_own_result() {
+    each_of_many_accounts_in_one_call_gets_its_own_result(EmbeddedStore::in_memory().unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn embedded_an_account_twice_in_one_call_is_appended_in_order() {
+    an_account_twice_in_one_call_is_appended_in_order(EmbeddedStore::in_memory().unwrap()).await;
+}
+
+#[tokio::test]
+async fn embedded_a_retry_is_recognised_whatever_travels_with_it() {
+    a_retry_is_recognised_whatever_travels_with_it(EmbeddedStore::in_memory().unwrap()).await;
+}
+
+#[tokio::test]
+async fn embedded_load_many_answers_each_account_as_load_does() {
+    load_many_answers_each_account_as_load_does(EmbeddedStore::in_memory().unwrap()).await;
 }
 
 #[tokio::test]

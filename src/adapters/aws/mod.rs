@@ -9,8 +9,9 @@ pub mod poller;
 
 use aws_config::BehaviorVersion;
 
-/// Where the AWS resources are and what they are called. From `TALLY_*` variables; the
-/// SDK honours `AWS_ENDPOINT_URL`, `AWS_REGION` and the usual credential chain itself.
+/// What the DynamoDB tables are called, and the marker TTL: the adapter's part of
+/// [`crate::config::AwsSettings`], built by [`crate::config`] (never from the environment
+/// here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsConfig {
     pub events_table: String,
@@ -21,36 +22,29 @@ pub struct AwsConfig {
     pub marker_ttl_secs: Option<u64>,
 }
 
-impl AwsConfig {
-    /// Reads `TALLY_EVENTS_TABLE`, `TALLY_BALANCES_TABLE`, `TALLY_QUARANTINE_TABLE` and
-    /// `TALLY_MARKER_TTL_SECS`, failing fast with the variable's name.
-    pub fn from_env() -> Result<AwsConfig, String> {
-        let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-        // Unset or 0: outcomes never expire.
-        let ttl = match std::env::var("TALLY_MARKER_TTL_SECS") {
-            Ok(v) => match v.parse::<u64>() {
-                Ok(0) => None,
-                Ok(secs) => Some(secs),
-                Err(_) => {
-                    return Err(format!(
-                        "TALLY_MARKER_TTL_SECS: {v:?} is not a number of seconds"
-                    ));
-                }
-            },
-            Err(_) => None,
-        };
-        Ok(AwsConfig {
-            events_table: var("TALLY_EVENTS_TABLE")?,
-            balances_table: var("TALLY_BALANCES_TABLE")?,
-            quarantine_table: var("TALLY_QUARANTINE_TABLE")?,
-            marker_ttl_secs: ttl,
-        })
+/// The SDK clients of one process, built once from the configuration: its region and
+/// endpoints where it names them, the SDK's own chain (credentials, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL_*`) for the rest.
+pub async fn clients(
+    settings: &crate::config::AwsSettings,
+) -> (aws_sdk_dynamodb::Client, aws_sdk_kinesis::Client) {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
     }
-}
-
-/// The shared SDK configuration, loaded once per process.
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    let sdk = loader.load().await;
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    if let Some(url) = &settings.dynamodb_endpoint {
+        dynamodb = dynamodb.endpoint_url(url);
+    }
+    let mut kinesis = aws_sdk_kinesis::config::Builder::from(&sdk);
+    if let Some(url) = &settings.kinesis_endpoint {
+        kinesis = kinesis.endpoint_url(url);
+    }
+    (
+        aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+        aws_sdk_kinesis::Client::from_conf(kinesis.build()),
+    )
 }
 
 /// Creates the stream if it does not exist and waits until it is ACTIVE: for emulators;

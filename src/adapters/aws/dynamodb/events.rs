@@ -1,51 +1,37 @@
-//! The event store on the Events table: pages, txn outcome markers and segment summaries.
+//! The event store on the Events table: reads of pages, txn outcome markers and segment
+//! summaries, and the port impl (appends, and the summaries they complete, are in `append`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use futures_util::stream::{self, StreamExt};
 
-use super::{
-    BATCH_GET_KEYS_MAX, CONCURRENCY_MAX, DynamoStore, Units, built, corrupt, get_n, get_s, n, s,
-    store_error,
-};
-use crate::codec::stored::{decode_outcome, encode_outcome};
-use crate::codec::{decode_page, encode_events};
+use super::{BATCH_GET_KEYS_MAX, DynamoStore, Units, corrupt, get_n, get_s, s, store_error};
+use crate::codec::decode_page;
+use crate::codec::stored::decode_outcome;
 use crate::domain::{
-    AccountId, AccountState, Event, EventKind, Money, Page, Refusal, Segment, Timestamp, TxnId,
-    TxnOutcome,
+    AccountId, AccountState, Event, Money, Page, Segment, Timestamp, TxnId, TxnOutcome,
 };
-use crate::ports::{Append, AppendError, Appended, EventStore, PageWrite, StoreError};
+use crate::ports::{Append, Appended, EventStore, Load, Loaded, StoreError};
 
-fn page_sk(first_version: u64) -> String {
+pub(super) fn page_sk(first_version: u64) -> String {
     format!("v#{first_version:020}")
 }
 
 /// Segment summaries sort before markers and pages (`s#` < `t#` < `v#`): pages must sort
 /// last, as [`DynamoStore::head`] reads the last item of an account.
-fn segment_sk(index: u64) -> String {
+pub(super) fn segment_sk(index: u64) -> String {
     format!("s#{index:020}")
 }
 
-fn marker_sk(txn: &str) -> String {
+pub(super) fn marker_sk(txn: &str) -> String {
     format!("t#{txn}")
-}
-
-/// What each item of a page's `TransactWriteItems` stands for, to read
-/// `CancellationReasons` by index.
-enum Item {
-    Page,
-    Outcome(TxnId),
-    Target(TxnId),
 }
 
 /// A marker item's outcome: the shared encoding in `o`, with the live `reversed` flag (the
 /// only attribute that ever changes) read from its own attribute. `None` for an item whose
 /// TTL has passed: an expired marker DynamoDB has not deleted yet counts as deleted.
-fn outcome_of(
+pub(super) fn outcome_of(
     txn: &TxnId,
     item: &HashMap<String, AttributeValue>,
     now_secs: i64,
@@ -66,76 +52,13 @@ fn outcome_of(
     Ok(Some(outcome))
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// `ClientRequestToken` of a page: a digest of everything the page writes (table included:
-/// tokens are shared by every table of an AWS account and region) and of the attempt, so a
-/// retry of the same attempt is recognised by DynamoDB (for 10 minutes) and anything else,
-/// a byte-identical page from another caller included, is not.
-fn request_token(table: &str, a: &Append, expected: u64, page: &PageWrite) -> String {
-    use md5::Digest;
-    let mut h = md5::Md5::new();
-    h.update(table.as_bytes());
-    h.update([0]);
-    h.update(a.account.as_str().as_bytes());
-    h.update(expected.to_le_bytes());
-    h.update(a.attempt.to_le_bytes());
-    // The encoded outcome leaves out its txn id (the key it is stored under): add it.
-    for e in &page.events {
-        h.update(e.txn_id.as_str().as_bytes());
-        h.update(encode_outcome(&TxnOutcome::Booked {
-            event: e.clone(),
-            reversed: false,
-        }));
-    }
-    for r in &page.refusals {
-        h.update(r.command.txn_id().as_str().as_bytes());
-        h.update(encode_outcome(&TxnOutcome::Refused(r.clone())));
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// What every item of one page's write shares.
-#[derive(Clone, Copy)]
-struct Written {
-    /// Seconds the marker TTL counts from.
-    now: i64,
-    /// The caller's `Append::attempt`.
-    attempt: u64,
-}
-
 impl DynamoStore {
-    /// A refusal's stored outcome if `attempt` wrote it (a strongly consistent read).
-    async fn refused_by(
-        &self,
-        account: &AccountId,
-        txn: &TxnId,
-        attempt: u64,
-    ) -> Result<Option<TxnOutcome>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.config.events_table)
-            .key("pk", s(account.as_str()))
-            .key("sk", s(marker_sk(txn.as_str())))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        self.charge(Units::Read, out.consumed_capacity());
-        let Some(item) = out.item() else {
-            return Ok(None);
-        };
-        if get_n::<u64>(item, "attempt").ok() != Some(attempt) {
-            return Ok(None);
-        }
-        outcome_of(txn, item, now_secs())
-    }
     /// The newest page item of an account whose first version is at most `upto`.
     async fn page_at_or_before(
         &self,
@@ -179,7 +102,7 @@ impl DynamoStore {
 
     /// The account's tip, and whether it has any item at all (an account with no events
     /// may still have refused txn ids). One query.
-    async fn head(&self, account: &str) -> Result<(AccountState, bool), StoreError> {
+    pub(super) async fn head(&self, account: &str) -> Result<(AccountState, bool), StoreError> {
         match self.last_item(account, None).await? {
             Some(item) if get_s(&item, "sk").is_some_and(|k| k.starts_with("v#")) => Ok((
                 AccountState {
@@ -193,7 +116,111 @@ impl DynamoStore {
         }
     }
 
-    async fn outcomes(
+    /// The port's `load_many`: the tips not known, one query each (concurrently); then the
+    /// markers of every account that may have any, 100 keys per `BatchGetItem` whatever
+    /// their accounts (concurrently).
+    async fn load_all(&self, loads: Vec<Load>) -> Vec<Result<Loaded, StoreError>> {
+        let loads_ref = &loads;
+        let heads: Vec<Result<(AccountState, bool, bool), StoreError>> =
+            stream::iter(0..loads.len())
+                .map(|i| async move {
+                    let l = &loads_ref[i];
+                    match l.known {
+                        // A known tip means the account exists: its markers are worth reading.
+                        Some(tip) => Ok((tip, true, false)),
+                        None => self
+                            .head(l.account.as_str())
+                            .await
+                            .map(|(tip, any)| (tip, any, true)),
+                    }
+                })
+                .buffered(self.concurrency)
+                .collect()
+                .await;
+        let mut keys: Vec<(&str, &TxnId)> = loads
+            .iter()
+            .zip(&heads)
+            .filter(|(_, h)| matches!(h, Ok((_, true, _))))
+            .flat_map(|(l, _)| l.txns.iter().map(|t| (l.account.as_str(), t)))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let found = self.markers(&keys).await;
+        loads
+            .iter()
+            .zip(heads)
+            .map(|(l, head)| {
+                let (tip, any, fresh) = head?;
+                let outcomes = match (&found, any) {
+                    (_, false) => vec![None; l.txns.len()],
+                    (Ok(found), true) => l
+                        .txns
+                        .iter()
+                        .map(|t| found.get(&(l.account.as_str(), t)).cloned())
+                        .collect(),
+                    (Err(e), true) => return Err(e.clone()),
+                };
+                Ok(Loaded {
+                    tip,
+                    fresh,
+                    outcomes,
+                })
+            })
+            .collect()
+    }
+
+    /// The outcomes stored under `keys` (account, txn), in `BatchGetItem`s of up to 100 keys.
+    async fn markers<'a>(
+        &self,
+        keys: &[(&'a str, &'a TxnId)],
+    ) -> Result<HashMap<(&'a str, &'a TxnId), TxnOutcome>, StoreError> {
+        let now = now_secs();
+        let requests: Vec<Vec<HashMap<String, AttributeValue>>> = keys
+            .chunks(BATCH_GET_KEYS_MAX)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(account, t)| {
+                        HashMap::from([
+                            ("pk".to_owned(), s(*account)),
+                            ("sk".to_owned(), s(marker_sk(t.as_str()))),
+                        ])
+                    })
+                    .collect()
+            })
+            .collect();
+        let table = &self.config.events_table;
+        let calls: Vec<Result<Vec<HashMap<String, AttributeValue>>, StoreError>> =
+            stream::iter(requests)
+                .map(|keys| self.batch_get(table, keys))
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+        let wanted: HashMap<(&str, &str), (&'a str, &'a TxnId)> = keys
+            .iter()
+            .map(|&(a, t)| ((a, t.as_str()), (a, t)))
+            .collect();
+        let mut found = HashMap::new();
+        for items in calls {
+            for item in items? {
+                let (Some(account), Some(raw)) = (
+                    get_s(&item, "pk"),
+                    get_s(&item, "sk").and_then(|k| k.strip_prefix("t#")),
+                ) else {
+                    continue;
+                };
+                let Some(&(a, t)) = wanted.get(&(account, raw)) else {
+                    continue;
+                };
+                if let Some(o) = outcome_of(t, &item, now)? {
+                    found.insert((a, t), o);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn outcomes(
         &self,
         account: &str,
         txns: &[TxnId],
@@ -224,299 +251,6 @@ impl DynamoStore {
             }
         }
         Ok(found)
-    }
-
-    /// The condition a new outcome marker is written under: no marker, or (with a TTL) only
-    /// an expired one.
-    fn fresh_marker(&self) -> &'static str {
-        if self.config.marker_ttl_secs.is_some() {
-            "attribute_not_exists(sk) OR expires_at <= :now"
-        } else {
-            "attribute_not_exists(sk)"
-        }
-    }
-
-    /// A marker's put. A refusal carries the attempt that decided it: a refusal written alone
-    /// has no request token, and its retry must tell its own marker from a twin's.
-    fn marker_put(
-        &self,
-        account: &str,
-        txn: &TxnId,
-        outcome: &TxnOutcome,
-        written: Written,
-    ) -> Result<Put, StoreError> {
-        let Written { now, attempt } = written;
-        let (label, version, reversed) = match outcome {
-            TxnOutcome::Booked { event, reversed } => ("booked", event.version, Some(*reversed)),
-            TxnOutcome::Refused(r) => ("refused", r.version, None),
-        };
-        let mut put = Put::builder()
-            .table_name(&self.config.events_table)
-            .item("pk", s(account))
-            .item("sk", s(marker_sk(txn.as_str())))
-            .item("outcome", s(label))
-            .item("version", n(version))
-            .item("o", AttributeValue::B(Blob::new(encode_outcome(outcome))))
-            .condition_expression(self.fresh_marker());
-        match reversed {
-            Some(reversed) => put = put.item("reversed", AttributeValue::Bool(reversed)),
-            None => put = put.item("attempt", n(attempt)),
-        }
-        if let Some(ttl) = self.config.marker_ttl_secs {
-            put = put
-                .item("expires_at", n(now.saturating_add_unsigned(ttl)))
-                .expression_attribute_values(":now", n(now));
-        }
-        built(put.build())
-    }
-
-    /// One page as one `TransactWriteItems` (the marker rule of `domain::record` as item
-    /// conditions: each outcome put only where none exists, each reversal's target flipped
-    /// only while booked and unreversed), or, for a single refusal, one conditional `PutItem`.
-    async fn append_page(
-        &self,
-        a: &Append,
-        expected: u64,
-        page: &PageWrite,
-    ) -> Result<(), AppendError> {
-        let account = &a.account;
-        let written = Written {
-            // Seconds of ledger time the TTL counts from, fixed by the page so a retry is
-            // identical.
-            now: page
-                .events
-                .first()
-                .map(|e| e.recorded_at.millis() / 1000)
-                .unwrap_or_else(now_secs),
-            attempt: a.attempt,
-        };
-        page.check_shape(expected)?;
-        if page.events.is_empty() && page.refusals.len() == 1 {
-            return self.put_refusal(account, &page.refusals[0], written).await;
-        }
-        let (items, meaning) = self.page_items(account, page, written)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(request_token(&self.config.events_table, a, expected, page))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        let e = match result {
-            Ok(out) => {
-                self.charge(Units::Write, out.consumed_capacity());
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-            cancel,
-        )) = e.as_service_error()
-        else {
-            return Err(AppendError::Store(store_error(&e)));
-        };
-        for (reason, what) in cancel.cancellation_reasons().iter().zip(&meaning) {
-            match (reason.code(), what) {
-                (Some("ConditionalCheckFailed"), Item::Page) => {
-                    let current = self.head(account.as_str()).await?.0.version;
-                    return Err(AppendError::Conflict { current });
-                }
-                (Some("ConditionalCheckFailed"), Item::Outcome(txn)) => {
-                    return Err(AppendError::DuplicateTxn(txn.clone()));
-                }
-                (Some("ConditionalCheckFailed"), Item::Target(txn)) => {
-                    return Err(AppendError::TargetReversed(txn.clone()));
-                }
-                (Some("ThrottlingError" | "ProvisionedThroughputExceeded"), _) => {
-                    return Err(StoreError::Throttled.into());
-                }
-                _ => {}
-            }
-        }
-        Err(AppendError::Store(store_error(&e)))
-    }
-
-    /// One account's pages in order, stopping at the first that fails; then the summaries
-    /// of the segments its pages completed.
-    async fn append_account(&self, a: &Append) -> Appended {
-        let mut expected = a.expected_version;
-        let mut result = Appended {
-            pages: a.pages.len(),
-            error: None,
-        };
-        for (i, page) in a.pages.iter().enumerate() {
-            if let Err(e) = self.append_page(a, expected, page).await {
-                result = Appended {
-                    pages: i,
-                    error: Some(e),
-                };
-                break;
-            }
-            if let Some(last) = page.events.last() {
-                expected = last.version;
-            }
-        }
-        for index in Segment::completed(a.expected_version, expected) {
-            if let Err(e) = self.put_segment(&a.account, index).await {
-                // Best effort: a missing summary only makes point-in-time reads of this
-                // account read the segment's events instead.
-                tracing::warn!(account = %a.account, index, error = %e, "segment summary not written");
-            }
-        }
-        result
-    }
-
-    /// Summarizes segment `index` of `account` from its (immutable) events and stores it.
-    async fn put_segment(&self, account: &AccountId, index: u64) -> Result<(), StoreError> {
-        let (first, last) = Segment::versions(index);
-        let events = self.read(account, first, last).await?;
-        let summary = Segment::summarize(index, &events)
-            .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
-        let out = self
-            .client
-            .put_item()
-            .table_name(&self.config.events_table)
-            .item("pk", s(account.as_str()))
-            .item("sk", s(segment_sk(index)))
-            .item("earliest", n(summary.earliest.millis()))
-            .item("latest", n(summary.latest.millis()))
-            .item("net", n(summary.net))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        self.charge(Units::Write, out.consumed_capacity());
-        Ok(())
-    }
-
-    /// The items of one page's transaction, and what each stands for.
-    fn page_items(
-        &self,
-        account: &AccountId,
-        page: &PageWrite,
-        written: Written,
-    ) -> Result<(Vec<TransactWriteItem>, Vec<Item>), StoreError> {
-        let now = written.now;
-        let table = &self.config.events_table;
-        let pk = account.as_str();
-        let mut items = Vec::new();
-        let mut meaning = Vec::new();
-        if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
-            let bytes = encode_events(account, &page.events).map_err(corrupt)?;
-            let put = Put::builder()
-                .table_name(table)
-                .item("pk", s(pk))
-                .item("sk", s(page_sk(first.version)))
-                .item("page", AttributeValue::B(Blob::new(bytes.to_vec())))
-                .item("last", n(last.version))
-                .item("balance", n(last.balance.minor()))
-                .condition_expression("attribute_not_exists(sk)");
-            items.push(
-                TransactWriteItem::builder()
-                    .put(built(put.build())?)
-                    .build(),
-            );
-            meaning.push(Item::Page);
-        }
-        // A reversal whose target is booked in this same page cannot update that marker
-        // (one operation per item per transaction): the target is written reversed instead.
-        let reversed_here: HashSet<&TxnId> = page
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Reversed { reverses, .. } => Some(reverses),
-                _ => None,
-            })
-            .filter(|t| page.events.iter().any(|e| &e.txn_id == *t))
-            .collect();
-        for event in &page.events {
-            let outcome = TxnOutcome::Booked {
-                event: event.clone(),
-                reversed: reversed_here.contains(&event.txn_id),
-            };
-            let put = self.marker_put(pk, &event.txn_id, &outcome, written)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-            meaning.push(Item::Outcome(event.txn_id.clone()));
-            if let EventKind::Reversed { reverses, .. } = &event.kind
-                && !reversed_here.contains(reverses)
-            {
-                items.push(
-                    TransactWriteItem::builder()
-                        .update(self.target_update(pk, reverses, now)?)
-                        .build(),
-                );
-                meaning.push(Item::Target(reverses.clone()));
-            }
-        }
-        for refusal in &page.refusals {
-            let txn = refusal.command.txn_id();
-            let outcome = TxnOutcome::Refused(refusal.clone());
-            let put = self.marker_put(pk, txn, &outcome, written)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-            meaning.push(Item::Outcome(txn.clone()));
-        }
-        Ok((items, meaning))
-    }
-
-    /// Flips a reversal target's flag, only while it is a live, unexpired booking.
-    fn target_update(&self, pk: &str, target: &TxnId, now: i64) -> Result<Update, StoreError> {
-        let mut condition =
-            "attribute_exists(sk) AND outcome = :booked AND reversed = :f".to_owned();
-        let mut update = Update::builder()
-            .table_name(&self.config.events_table)
-            .key("pk", s(pk))
-            .key("sk", s(marker_sk(target.as_str())))
-            .update_expression("SET reversed = :t")
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":booked", s("booked"));
-        if self.config.marker_ttl_secs.is_some() {
-            condition.push_str(" AND (attribute_not_exists(expires_at) OR expires_at > :now)");
-            update = update.expression_attribute_values(":now", n(now));
-        }
-        built(update.condition_expression(condition).build())
-    }
-
-    /// A page of exactly one refusal: a conditional `PutItem` (1 write unit instead of a
-    /// transaction's 2). A retry after a timeout finds its own marker (same outcome, same
-    /// attempt) and succeeds; a twin attempt's identical marker is a duplicate.
-    async fn put_refusal(
-        &self,
-        account: &AccountId,
-        refusal: &Refusal,
-        written: Written,
-    ) -> Result<(), AppendError> {
-        let txn = refusal.command.txn_id();
-        let outcome = TxnOutcome::Refused(refusal.clone());
-        let put = self.marker_put(account.as_str(), txn, &outcome, written)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(put.table_name())
-            .set_item(Some(put.item().clone()))
-            .condition_expression(put.condition_expression().unwrap_or_default())
-            .set_expression_attribute_values(put.expression_attribute_values().cloned())
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                self.charge(Units::Write, out.consumed_capacity());
-                Ok(())
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                if self.refused_by(account, txn, written.attempt).await? == Some(outcome) {
-                    Ok(())
-                } else {
-                    Err(AppendError::DuplicateTxn(txn.clone()))
-                }
-            }
-            Err(e) => Err(AppendError::Store(store_error(&e))),
-        }
     }
 
     async fn pages(
@@ -577,6 +311,10 @@ impl EventStore for DynamoStore {
         Ok((tip, txns.iter().map(|t| found.remove(t)).collect()))
     }
 
+    async fn load_many(&self, loads: Vec<Load>) -> Vec<Result<Loaded, StoreError>> {
+        self.load_all(loads).await
+    }
+
     async fn txn(
         &self,
         account: &AccountId,
@@ -589,13 +327,7 @@ impl EventStore for DynamoStore {
     }
 
     async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
-        // Accounts concurrently; one account's pages in order, stopping at the first failure.
-        let appends = &appends;
-        stream::iter(0..appends.len())
-            .map(|i| self.append_account(&appends[i]))
-            .buffered(CONCURRENCY_MAX)
-            .collect()
-            .await
+        self.append_all(&appends).await
     }
 
     async fn read(

@@ -17,8 +17,9 @@
 //! sees per invocation). Appends of different accounts, and snapshot writes, run
 //! concurrently (at most [`CONCURRENCY_MAX`] in flight); one account's pages go in order.
 //!
-//! `events` implements the event store, `snapshots` the snapshot store and the quarantine;
-//! this module holds the client, the capacity accounting and what both share.
+//! `events` implements the event store, `snapshots` the snapshot store and the quarantine,
+//! `scan` the parallel whole-table listing audits use; this module holds the client, the
+//! capacity accounting and what they share.
 //!
 //! Every SDK error becomes a port error here: conditional failures become `Conflict` /
 //! `DuplicateTxn` / `TargetReversed` (read from `CancellationReasons`), throttling becomes
@@ -38,14 +39,20 @@ use super::AwsConfig;
 use crate::ports::StoreError;
 use crate::service::metrics::{Metrics, milli_units};
 
+mod append;
 mod events;
+mod items;
+mod scan;
 mod snapshots;
+
+pub use scan::SCAN_SEGMENTS_MAX;
 
 /// Keys per `BatchGetItem` call (the service's limit).
 const BATCH_GET_KEYS_MAX: usize = 100;
 /// Rounds of retrying `UnprocessedKeys` before giving up as throttled.
 const UNPROCESSED_RETRIES_MAX: u32 = 8;
-/// Requests one store call keeps in flight (accounts appended, snapshots written).
+/// Requests one store call keeps in flight by default (transactions of appends, tip
+/// queries, marker reads, snapshot writes); [`DynamoStore::with_concurrency`] changes it.
 pub const CONCURRENCY_MAX: usize = 16;
 
 /// The DynamoDB adapter; cheap to clone (the client and the metrics are shared).
@@ -54,6 +61,7 @@ pub struct DynamoStore {
     client: Client,
     config: AwsConfig,
     metrics: Arc<Metrics>,
+    concurrency: usize,
 }
 
 /// Which counter a call's consumed capacity goes to.
@@ -125,7 +133,15 @@ impl DynamoStore {
             client,
             config,
             metrics: Arc::default(),
+            concurrency: CONCURRENCY_MAX,
         }
+    }
+
+    /// Requests one store call keeps in flight (at least 1): more hides more latency on
+    /// AWS; an emulator on a small machine may do better with fewer.
+    pub fn with_concurrency(mut self, requests: usize) -> DynamoStore {
+        self.concurrency = requests.max(1);
+        self
     }
 
     /// Counts consumed capacity into shared metrics.

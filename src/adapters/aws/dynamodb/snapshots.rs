@@ -8,10 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use futures_util::stream::{self, StreamExt};
 
-use super::{
-    BATCH_GET_KEYS_MAX, CONCURRENCY_MAX, DynamoStore, Units, corrupt, get_n, get_s, n, s,
-    store_error,
-};
+use super::{BATCH_GET_KEYS_MAX, DynamoStore, Units, corrupt, get_n, get_s, n, s, store_error};
 use crate::codec::time::parse_rfc3339;
 use crate::domain::{Money, Month, Snapshot, Timestamp};
 use crate::ports::{
@@ -100,7 +97,7 @@ impl SnapshotStore for DynamoStore {
         let puts = &puts;
         stream::iter(0..puts.len())
             .map(|i| self.put_one(&puts[i]))
-            .buffered(CONCURRENCY_MAX)
+            .buffered(self.concurrency)
             .collect()
             .await
     }
