@@ -48,12 +48,39 @@ pub const T0_MS: i64 = 1_793_000_000_000; // late October 2026
 /// (account index, event), in generation order. Deposits and withdrawals that never
 /// overdraw, a minute apart, crossing a month boundary.
 pub fn events(accounts: usize, events: usize, mix: Mix, seed: u64) -> Vec<(usize, WireEvent)> {
+    generate(accounts, events, mix, seed, false)
+}
+
+/// One opening deposit per account (in account order), then `events` as [`events`] makes
+/// them, continuing each account's balance chain: the first `accounts` entries warm a
+/// projector, the rest are the batch to measure.
+pub fn events_after_opening(
+    accounts: usize,
+    events: usize,
+    mix: Mix,
+    seed: u64,
+) -> Vec<(usize, WireEvent)> {
+    generate(accounts, events, mix, seed, true)
+}
+
+fn generate(
+    accounts: usize,
+    events: usize,
+    mix: Mix,
+    seed: u64,
+    opening: bool,
+) -> Vec<(usize, WireEvent)> {
     let picker = Picker::new(accounts, mix);
     let mut rng = Rng::new(seed);
     let mut state = vec![(0u64, 0i64); accounts];
-    (0..events)
+    let openings = if opening { accounts } else { 0 };
+    (0..openings + events)
         .map(|i| {
-            let a = picker.pick(&mut rng);
+            let a = if i < openings {
+                i
+            } else {
+                picker.pick(&mut rng)
+            };
             let (version, balance) = &mut state[a];
             *version += 1;
             let amount = 1 + rng.below(100_000) as i64;
@@ -84,7 +111,7 @@ pub fn account_name(i: usize) -> String {
 }
 
 /// Versions of each event, recomputed from generation order.
-fn with_versions(events: &[(usize, WireEvent)], accounts: usize) -> Vec<(usize, u64, WireEvent)> {
+pub fn with_versions(events: &[(usize, WireEvent)], accounts: usize) -> Vec<(usize, u64, WireEvent)> {
     let mut v = vec![0u64; accounts];
     events
         .iter()
@@ -103,9 +130,18 @@ pub fn aggregates(
     per_record: usize,
     buckets: u32,
 ) -> Vec<WireAggregate> {
+    aggregates_of(with_versions(events, accounts), per_record, buckets)
+}
+
+/// [`aggregates`] of events whose versions are given.
+pub fn aggregates_of(
+    events: Vec<(usize, u64, WireEvent)>,
+    per_record: usize,
+    buckets: u32,
+) -> Vec<WireAggregate> {
     let mut by_bucket: std::collections::BTreeMap<String, Vec<(usize, u64, WireEvent)>> =
         Default::default();
-    for e in with_versions(events, accounts) {
+    for e in events {
         by_bucket
             .entry(partition_key_of(&account_name(e.0), buckets))
             .or_default()
@@ -189,4 +225,57 @@ pub fn json_payloads(aggs: &[WireAggregate], buckets: u32) -> (Vec<Vec<u8>>, Vec
             )
         })
         .unzip()
+}
+
+/// A snapshot store that accepts every write and stores nothing: the projector's own CPU
+/// cost without a backend's (on AWS the write is a network call to DynamoDB). Reads answer
+/// "never written".
+#[derive(Clone, Default)]
+pub struct Sink;
+
+impl tally::ports::SnapshotStore for Sink {
+    async fn get_many(
+        &self,
+        accounts: Vec<String>,
+    ) -> Result<Vec<Option<tally::domain::Snapshot>>, tally::ports::StoreError> {
+        Ok(vec![None; accounts.len()])
+    }
+
+    async fn put_many(
+        &self,
+        puts: Vec<tally::ports::SnapshotPut>,
+    ) -> Vec<Result<(), tally::ports::SnapshotError>> {
+        vec![Ok(()); puts.len()]
+    }
+}
+
+/// A Lambda Kinesis event's JSON: a warming batch (one opening event per account, one
+/// record each) and the batch to measure (`events` events in records of ~`per_record`).
+pub struct LambdaInput {
+    pub warm: Vec<u8>,
+    pub json: Vec<u8>,
+    pub records: usize,
+    pub events: usize,
+}
+
+pub fn lambda_input(
+    accounts: usize,
+    events: usize,
+    per_record: usize,
+    buckets: u32,
+    mix: Mix,
+) -> LambdaInput {
+    let all = with_versions(&events_after_opening(accounts, events, mix, 42), accounts);
+    let (opening, rest) = all.split_at(accounts);
+    let json_of = |aggs: &[WireAggregate]| {
+        let (payloads, keys) = rkyv_payloads(aggs, buckets);
+        serde_json::to_vec(&kinesis_event(&payloads, &keys)).unwrap()
+    };
+    let aggs = aggregates_of(rest.to_vec(), per_record, buckets);
+    LambdaInput {
+        warm: json_of(&aggregates_of(opening.to_vec(), 1, buckets)),
+        json: json_of(&aggs),
+        records: aggs.len(),
+        events,
+    }
 }

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod command;
 pub mod ingest;
+pub mod mapping;
 pub mod metrics;
 pub mod projector;
 pub mod query;

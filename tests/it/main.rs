@@ -3,6 +3,7 @@
 //! projector's batch fold.
 
 mod aws;
+mod cache_pressure;
 mod codec_robustness;
 mod cost;
 mod crash;

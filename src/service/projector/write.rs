@@ -1,0 +1,137 @@
+//! The projector's snapshot writes: rounds of conditional `put_many`, a conflict resynced
+//! from the item the store returns, a throttled write retried after a pause. A group's fate
+//! turns to `Stored` only on a successful write, or when the store already holds a snapshot
+//! covering the group; whatever is left after the last round stays failed.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use super::{Fate, Grouped, Projector, SNAPSHOT_RETRIES_MAX, put};
+use crate::domain::Snapshot;
+use crate::domain::limits::RETRY_DELAY_MS_MAX;
+use crate::ports::{EventStore, Quarantine, SnapshotError, SnapshotStore, StoreError};
+use crate::service::metrics::Metrics;
+
+fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Throttled | StoreError::Unavailable(_))
+}
+
+/// One conditional write still to make: group `group`'s `snapshot`, on `expected`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pending {
+    pub group: usize,
+    pub expected: u64,
+    pub snapshot: Snapshot,
+}
+
+/// The pause before write round `round` after a throttled round: exponential up to
+/// `RETRY_DELAY_MS_MAX`, jittered by a hash of the first account still to write (distinct
+/// projectors spread out; the same batch waits the same, so a simulation replays).
+fn backoff(round: u32, first_account: &str) -> Duration {
+    let ceiling_ms = (1u64 << round.min(16)).min(RETRY_DELAY_MS_MAX);
+    let mut h = foldhash::fast::FixedState::with_seed(u64::from(round)).build_hasher();
+    h.write(first_account.as_bytes());
+    Duration::from_micros(h.finish() % (ceiling_ms * 1_000) + 1)
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
+    /// Makes the `pending` writes, recording each group's fate.
+    pub(super) async fn write(
+        &self,
+        mut pending: Vec<Pending>,
+        grouped: &Grouped<'_>,
+        fates: &mut [Fate],
+    ) {
+        let account = |p: &Pending| grouped.groups[p.group].account;
+        // Set when the last round had a throttled write: only then is a pause worth it
+        // (a conflict is resolved from the item the write returned).
+        let mut throttled = false;
+        for round in 0..SNAPSHOT_RETRIES_MAX {
+            let Some(first) = pending.first() else {
+                return;
+            };
+            if std::mem::take(&mut throttled) {
+                tokio::time::sleep(backoff(round, account(first))).await;
+            }
+            let puts = pending
+                .iter()
+                .map(|p| put(account(p), p.expected, p.snapshot))
+                .collect();
+            let results = self.snapshots.put_many(puts).await;
+            if results.len() != pending.len() {
+                tracing::error!(
+                    puts = pending.len(),
+                    results = results.len(),
+                    "snapshot store answered a different number of results; failing the round"
+                );
+                return;
+            }
+            let mut retry = Vec::new();
+            for (p, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        Metrics::add(&self.metrics.snapshots_written, 1);
+                        Metrics::add(
+                            &self.metrics.events_projected,
+                            p.snapshot.version - p.expected,
+                        );
+                        fates[p.group] = Fate::Stored(p.snapshot);
+                    }
+                    Err(SnapshotError::Conflict { current }) => {
+                        Metrics::add(&self.metrics.snapshot_conflicts, 1);
+                        let current = current.map_or_else(Snapshot::default, |s| *s);
+                        if let Some(again) = self.resync(p.group, current, grouped, fates).await {
+                            retry.push(again);
+                        }
+                    }
+                    Err(SnapshotError::Store(e)) if transient(&e) => {
+                        tracing::warn!(account = account(&p), error = %e, "snapshot write failed; retrying");
+                        throttled = true;
+                        retry.push(p);
+                    }
+                    Err(SnapshotError::Store(e)) => {
+                        tracing::error!(account = account(&p), error = %e, "snapshot write failed");
+                    }
+                }
+            }
+            pending = retry;
+        }
+        for p in &pending {
+            tracing::error!(
+                account = account(p),
+                "snapshot write still failing after retries"
+            );
+        }
+    }
+
+    /// After a conflict: refolds group `g` onto the stored `current`. Returns the write to
+    /// try next, or `None` when the group is settled (covered already, or failed).
+    async fn resync(
+        &self,
+        g: usize,
+        current: Snapshot,
+        grouped: &Grouped<'_>,
+        fates: &mut [Fate],
+    ) -> Option<Pending> {
+        let group = &grouped.groups[g];
+        match self
+            .fold_with_fill(group.account, current, grouped.effects_of(group))
+            .await
+        {
+            Ok(snapshot) if snapshot.version > current.version => Some(Pending {
+                group: g,
+                expected: current.version,
+                snapshot,
+            }),
+            // Every event of the group is already in the stored snapshot.
+            Ok(_) => {
+                fates[g] = Fate::Stored(current);
+                None
+            }
+            Err(e) => {
+                tracing::error!(account = group.account, error = %e, "cannot fold account after a conflict");
+                None
+            }
+        }
+    }
+}
