@@ -91,7 +91,43 @@ fn stages(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime
     });
 }
 
+/// The measured call, by name, for `valgrind --tool=callgrind --toggle-collect=*measured*`.
+#[inline(never)]
+fn measured(handler: &Handler, json: &[u8], rt: &tokio::runtime::Runtime) -> usize {
+    let response = rt.block_on(handler.handle(json)).unwrap();
+    response.batch_item_failures.len()
+}
+
+/// `PROFILE=single/uniform` (or another shape/mix): warm a handler, make the measured call
+/// once, and exit; for an instruction profile under callgrind.
+fn profile_once(which: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = EmbeddedStore::in_memory().unwrap();
+    let (shape, mix) = which.split_once('/').expect("PROFILE=shape/mix");
+    let (events, per_record, buckets) = match shape {
+        "single" => (10_000, 1, 1024),
+        _ => (60_000, 100, 64),
+    };
+    let mix = if mix == "uniform" {
+        Mix::Uniform
+    } else {
+        Mix::Zipf(1.0)
+    };
+    let input = support::lambda_input(ACCOUNTS, events, per_record, buckets, mix);
+    if std::env::var_os("DUMP").is_some() {
+        std::fs::write("/tmp/event.json", &input.json).unwrap();
+    }
+    let (handler, _) = warm_handler(&store, &input.warm, &rt);
+    assert_eq!(black_box(measured(&handler, &input.json, &rt)), 0);
+}
+
 fn bench(c: &mut Criterion) {
+    if let Ok(which) = std::env::var("PROFILE") {
+        return profile_once(&which);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,7 +160,11 @@ fn bench(c: &mut Criterion) {
                 let projected = metrics
                     .events_projected
                     .load(std::sync::atomic::Ordering::Relaxed);
-                assert_eq!(projected as usize, ACCOUNTS + events, "every event projected");
+                assert_eq!(
+                    projected as usize,
+                    ACCOUNTS + events,
+                    "every event projected"
+                );
             };
             g.bench_function("handler", |b| {
                 b.iter_batched_ref(

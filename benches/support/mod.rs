@@ -111,7 +111,10 @@ pub fn account_name(i: usize) -> String {
 }
 
 /// Versions of each event, recomputed from generation order.
-pub fn with_versions(events: &[(usize, WireEvent)], accounts: usize) -> Vec<(usize, u64, WireEvent)> {
+pub fn with_versions(
+    events: &[(usize, WireEvent)],
+    accounts: usize,
+) -> Vec<(usize, u64, WireEvent)> {
     let mut v = vec![0u64; accounts];
     events
         .iter()

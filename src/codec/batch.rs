@@ -122,6 +122,11 @@ impl RecordBatch {
         self.slots.len()
     }
 
+    /// Total bytes of all records (with alignment padding): a size hint for decoders.
+    pub fn data_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

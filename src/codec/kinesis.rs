@@ -36,73 +36,72 @@ pub struct EventError {
 pub fn read_event(json: &[u8], batch: &mut RecordBatch) -> Result<(), EventError> {
     batch.clear();
     batch.reserve(json.len() / 700 + 1, json.len() / 2);
-    let mut r = Reader { s: json, i: 0 };
+    let mut r = Reader {
+        s: json,
+        i: 0,
+        escaped: false,
+        error: None,
+    };
     let mut records = false;
-    r.object(|r, key| {
-        if key.is("Records")? {
-            if std::mem::replace(&mut records, true) {
-                return Err(r.err("duplicate Records"));
+    let read = r
+        .object(|r, key| match key.name() {
+            Key::Records if std::mem::replace(&mut records, true) => {
+                Err(r.fail("duplicate Records"))
             }
-            r.array(|r| read_record(r, batch))
-        } else {
-            r.skip_value(0)
-        }
-    })?;
-    r.ws();
-    if r.i != json.len() {
-        return Err(r.err("trailing characters"));
-    }
-    if !records {
-        return Err(r.err("no Records"));
-    }
-    Ok(())
+            Key::Records => r.array(|r| read_record(r, batch)),
+            _ => r.skip_value(0),
+        })
+        .and_then(|()| {
+            r.ws();
+            if r.i != json.len() {
+                return Err(r.fail("trailing characters"));
+            }
+            if !records {
+                return Err(r.fail("no Records"));
+            }
+            Ok(())
+        });
+    read.map_err(|Fail| {
+        r.error.take().unwrap_or(EventError {
+            at: r.i,
+            what: "invalid",
+        })
+    })
 }
 
-fn read_record(r: &mut Reader<'_>, batch: &mut RecordBatch) -> Result<(), EventError> {
+fn read_record(r: &mut Reader<'_>, batch: &mut RecordBatch) -> Result<(), Fail> {
     let mut event_id: Option<Str<'_>> = None;
     let mut sequence: Option<Str<'_>> = None;
     let mut data: Option<Str<'_>> = None;
     let start = r.i;
-    r.object(|r, key| {
-        if key.is("eventID")? {
-            if r.peek() == Some(b'n') {
-                return r.literal(b"null");
-            }
-            set_once(r, &mut event_id, "duplicate eventID")
-        } else if key.is("kinesis")? {
-            r.object(|r, key| {
-                if key.is("sequenceNumber")? {
-                    set_once(r, &mut sequence, "duplicate sequenceNumber")
-                } else if key.is("data")? {
-                    set_once(r, &mut data, "duplicate data")
-                } else {
-                    r.skip_value(1)
-                }
-            })
-        } else {
-            r.skip_value(0)
-        }
+    r.object(|r, key| match key.name() {
+        Key::EventId if r.peek() == Some(b'n') => r.literal(b"null"),
+        Key::EventId => set_once(r, &mut event_id, "duplicate eventID"),
+        Key::Kinesis => r.object(|r, key| match key.name() {
+            Key::SequenceNumber => set_once(r, &mut sequence, "duplicate sequenceNumber"),
+            Key::Data => set_once(r, &mut data, "duplicate data"),
+            _ => r.skip(1),
+        }),
+        _ => r.skip(0),
     })?;
-    let err = |what| EventError { at: start, what };
-    let sequence = sequence.ok_or_else(|| err("record without kinesis.sequenceNumber"))?;
-    let data = data.ok_or_else(|| err("record without kinesis.data"))?;
-    let sequence = sequence
-        .text()
-        .map_err(|_| err("sequenceNumber is not text"))?;
-    let event_id = match &event_id {
-        Some(id) => Some(id.text().map_err(|_| err("eventID is not text"))?),
+    let mut err = |what| r.fail_at(start, what);
+    let (Some(sequence), Some(data)) = (sequence, data) else {
+        return Err(err("record without kinesis.sequenceNumber or kinesis.data"));
+    };
+    let Ok(sequence) = sequence.text() else {
+        return Err(err("sequenceNumber is not text"));
+    };
+    // `shardId-000000000006:4959…`: the shard is what precedes the colon (only that part
+    // is read, and checked as text).
+    let shard = match event_id.map(|id| id.shard()) {
+        Some(Ok(shard)) => shard,
+        Some(Err(())) => return Err(err("eventID is not text")),
         None => None,
     };
-    // `shardId-000000000006:4959…`: the shard is what precedes the colon.
-    let shard = event_id
-        .as_deref()
-        .and_then(|id| id.split_once(':'))
-        .map_or("unknown", |(shard, _)| shard);
-    batch.push_base64(
-        shard,
-        &sequence,
-        &data.bytes().map_err(|_| err("bad escape in data"))?,
-    );
+    let Ok(data) = data.bytes() else {
+        return Err(err("bad escape in data"));
+    };
+    batch.push_base64(shard.as_deref().unwrap_or("unknown"), &sequence, &data);
     Ok(())
 }
 
@@ -110,9 +109,9 @@ fn set_once<'a>(
     r: &mut Reader<'a>,
     slot: &mut Option<Str<'a>>,
     duplicate: &'static str,
-) -> Result<(), EventError> {
+) -> Result<(), Fail> {
     if slot.is_some() {
-        return Err(r.err(duplicate));
+        return Err(r.fail(duplicate));
     }
     *slot = Some(r.string()?);
     Ok(())
@@ -144,12 +143,89 @@ impl<'a> Str<'a> {
         unescape(self.raw).map(Cow::Owned)
     }
 
-    fn is(&self, key: &str) -> Result<bool, EventError> {
-        if !self.escaped {
-            return Ok(self.raw == key.as_bytes());
+    /// The part of an `eventID` before its colon, if it has one.
+    fn shard(&self) -> Result<Option<Cow<'a, str>>, ()> {
+        if self.escaped {
+            let id = self.text()?;
+            return Ok(id
+                .split_once(':')
+                .map(|(shard, _)| Cow::Owned(shard.to_owned())));
         }
-        Ok(self.text().is_ok_and(|t| t == key))
+        match self.raw.iter().position(|&b| b == b':') {
+            Some(colon) => std::str::from_utf8(&self.raw[..colon])
+                .map(|shard| Some(Cow::Borrowed(shard)))
+                .map_err(|_| ()),
+            None => std::str::from_utf8(self.raw).map(|_| None).map_err(|_| ()),
+        }
     }
+
+    /// Which of the keys this reader looks for, if any (escaped keys are resolved first).
+    #[inline]
+    fn name(&self) -> Key {
+        if self.escaped {
+            return match self.text() {
+                Ok(text) => Key::of(text.as_bytes()),
+                Err(()) => Key::Other,
+            };
+        }
+        Key::of(self.raw)
+    }
+}
+
+/// The keys the reader acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Records,
+    EventId,
+    Kinesis,
+    SequenceNumber,
+    Data,
+    Other,
+}
+
+impl Key {
+    /// Compared as fixed-size arrays: integer compares, no `memcmp` call per key.
+    #[inline(always)]
+    fn of(name: &[u8]) -> Key {
+        if let Ok(name) = <&[u8; 7]>::try_from(name) {
+            return match name {
+                b"Records" => Key::Records,
+                b"eventID" => Key::EventId,
+                b"kinesis" => Key::Kinesis,
+                _ => Key::Other,
+            };
+        }
+        match name {
+            [b'd', b'a', b't', b'a'] => Key::Data,
+            _ if <&[u8; 14]>::try_from(name).is_ok_and(|n| n == b"sequenceNumber") => {
+                Key::SequenceNumber
+            }
+            _ => Key::Other,
+        }
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Where in the eight bytes at `s[i..]` the first quote or backslash is (0–7), 8 if none;
+/// `None` if fewer than eight bytes are left.
+#[inline(always)]
+fn quote_or_backslash_in_word(s: &[u8], i: usize) -> Option<usize> {
+    let word = u64::from_le_bytes(*s.get(i..)?.first_chunk::<8>()?);
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    // A zero byte of `quote` or `backslash` is a match; the lowest flagged byte is exact.
+    let found =
+        (quote.wrapping_sub(ONES) & !quote | backslash.wrapping_sub(ONES) & !backslash) & HIGHS;
+    Some((found.trailing_zeros() / 8) as usize)
+}
+
+/// Index of the first quote or backslash in `s` at or after `from`, by `memchr2`'s vector
+/// search (long strings, the end of the input).
+#[inline(never)]
+fn find_quote_or_backslash(s: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr2(b'"', b'\\', s.get(from..)?).map(|at| from + at)
 }
 
 fn hex4(s: &[u8]) -> Option<u32> {
@@ -208,72 +284,123 @@ fn unescape(raw: &[u8]) -> Result<String, ()> {
     String::from_utf8(out).map_err(|_| ())
 }
 
+/// A reader failed; what and where is in [`Reader::error`]. Zero-sized, so every
+/// `Result` of the reader fits in registers.
+#[derive(Debug, Clone, Copy)]
+struct Fail;
+
 /// A cursor over the JSON bytes.
 struct Reader<'a> {
     s: &'a [u8],
     i: usize,
+    /// Whether the last string read had escapes.
+    escaped: bool,
+    error: Option<EventError>,
 }
 
 impl<'a> Reader<'a> {
-    fn err(&self, what: &'static str) -> EventError {
-        EventError { at: self.i, what }
+    #[cold]
+    fn fail_at(&mut self, at: usize, what: &'static str) -> Fail {
+        self.error.get_or_insert(EventError { at, what });
+        Fail
     }
 
-    #[inline]
+    #[cold]
+    fn fail(&mut self, what: &'static str) -> Fail {
+        self.fail_at(self.i, what)
+    }
+
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.s.get(self.i) {
             self.i += 1;
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.s.get(self.i).copied()
     }
 
-    #[inline]
-    fn eat(&mut self, b: u8, what: &'static str) -> Result<(), EventError> {
+    #[inline(always)]
+    fn eat(&mut self, b: u8, what: &'static str) -> Result<(), Fail> {
         if self.peek() == Some(b) {
             self.i += 1;
             Ok(())
         } else {
-            Err(self.err(what))
+            Err(self.fail(what))
         }
     }
 
     /// A string starting at the cursor; escapes are checked for shape and left in place.
-    fn string(&mut self) -> Result<Str<'a>, EventError> {
+    #[inline(always)]
+    fn string(&mut self) -> Result<Str<'a>, Fail> {
         self.eat(b'"', "expected a string")?;
         let start = self.i;
-        let mut escaped = false;
-        loop {
-            let rest = &self.s[self.i..];
-            let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
-                return Err(self.err("unterminated string"));
-            };
-            self.i += at;
-            if self.s[self.i] == b'"' {
-                let raw = &self.s[start..self.i];
-                self.i += 1;
-                return Ok(Str { raw, escaped });
-            }
-            escaped = true;
-            match self.s.get(self.i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
-                Some(b'u') if hex4(self.s.get(self.i + 2..).unwrap_or_default()).is_some() => {
-                    self.i += 6
+        let end = self.string_end()?;
+        Ok(Str {
+            raw: &self.s[start..end],
+            escaped: self.escaped,
+        })
+    }
+
+    /// Moves past the closing quote of the string whose contents start at the cursor;
+    /// returns the index of that quote and sets `escaped`. Most strings here are short:
+    /// up to 64 bytes are scanned eight at a time in registers, then `memchr2` takes over.
+    #[inline(always)]
+    fn string_end(&mut self) -> Result<usize, Fail> {
+        let mut i = self.i;
+        for _ in 0..8 {
+            match quote_or_backslash_in_word(self.s, i) {
+                Some(8) => i += 8,
+                Some(at) => {
+                    i += at;
+                    if self.s.get(i) == Some(&b'"') {
+                        self.escaped = false;
+                        self.i = i + 1;
+                        return Ok(i);
+                    }
+                    break;
                 }
-                _ => return Err(self.err("invalid escape")),
+                None => break,
+            }
+        }
+        self.i = i;
+        self.escaped_string_end()
+    }
+
+    /// [`Reader::string_end`] from the cursor on: long strings, strings with escapes, the
+    /// end of the input. `escaped` says whether the string (from its start) had escapes; the
+    /// fast path saw none before the cursor.
+    #[inline(never)]
+    fn escaped_string_end(&mut self) -> Result<usize, Fail> {
+        self.escaped = false;
+        loop {
+            let Some(at) = find_quote_or_backslash(self.s, self.i) else {
+                return Err(self.fail("unterminated string"));
+            };
+            self.i = at + 1;
+            if self.s[at] == b'"' {
+                return Ok(at);
+            }
+            self.escaped = true;
+            match self.s.get(self.i) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                Some(b'u') if hex4(self.s.get(self.i + 1..).unwrap_or_default()).is_some() => {
+                    self.i += 5
+                }
+                _ => return Err(self.fail("invalid escape")),
             }
         }
     }
 
     /// `{ "key": value, … }`, calling `field` with the cursor on each value.
+    #[inline(always)]
     fn object(
         &mut self,
-        mut field: impl FnMut(&mut Self, Str<'a>) -> Result<(), EventError>,
-    ) -> Result<(), EventError> {
+        mut field: impl FnMut(&mut Self, Str<'a>) -> Result<(), Fail>,
+    ) -> Result<(), Fail> {
         self.eat(b'{', "expected an object")?;
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -289,16 +416,14 @@ impl<'a> Reader<'a> {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return Err(self.err("expected ',' or '}'")),
+                _ => return Err(self.fail("expected ',' or '}'")),
             }
         }
     }
 
     /// `[ value, … ]`, calling `item` with the cursor on each value.
-    fn array(
-        &mut self,
-        mut item: impl FnMut(&mut Self) -> Result<(), EventError>,
-    ) -> Result<(), EventError> {
+    #[inline(always)]
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), Fail>) -> Result<(), Fail> {
         self.eat(b'[', "expected an array")?;
         if self.peek() == Some(b']') {
             self.i += 1;
@@ -312,17 +437,17 @@ impl<'a> Reader<'a> {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return Err(self.err("expected ',' or ']'")),
+                _ => return Err(self.fail("expected ',' or ']'")),
             }
         }
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<(), EventError> {
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), Fail> {
         if self.s[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
         } else {
-            Err(self.err("invalid literal"))
+            Err(self.fail("invalid literal"))
         }
     }
 
@@ -335,19 +460,19 @@ impl<'a> Reader<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
-    fn number(&mut self) -> Result<(), EventError> {
+    fn number(&mut self) -> Result<(), Fail> {
         if self.s.get(self.i) == Some(&b'-') {
             self.i += 1;
         }
         let first = self.s.get(self.i).copied();
         let n = self.digits();
         if n == 0 || (first == Some(b'0') && n > 1) {
-            return Err(self.err("invalid number"));
+            return Err(self.fail("invalid number"));
         }
         if self.s.get(self.i) == Some(&b'.') {
             self.i += 1;
             if self.digits() == 0 {
-                return Err(self.err("invalid number"));
+                return Err(self.fail("invalid number"));
             }
         }
         if let Some(b'e' | b'E') = self.s.get(self.i) {
@@ -356,26 +481,37 @@ impl<'a> Reader<'a> {
                 self.i += 1;
             }
             if self.digits() == 0 {
-                return Err(self.err("invalid number"));
+                return Err(self.fail("invalid number"));
             }
         }
         Ok(())
     }
 
-    /// Any value, checked for structure and discarded.
-    fn skip_value(&mut self, depth: u32) -> Result<(), EventError> {
-        if depth > DEPTH_MAX {
-            return Err(self.err("nested too deep"));
+    /// Any value, checked for structure and discarded; strings (most values) inline.
+    #[inline(always)]
+    fn skip(&mut self, depth: u32) -> Result<(), Fail> {
+        if self.peek() == Some(b'"') {
+            self.i += 1;
+            return self.string_end().map(drop);
         }
+        self.skip_value(depth)
+    }
+
+    /// Any value, checked for structure and discarded.
+    fn skip_value(&mut self, depth: u32) -> Result<(), Fail> {
         match self.peek() {
-            Some(b'"') => self.string().map(drop),
+            Some(b'"') => {
+                self.i += 1;
+                self.string_end().map(drop)
+            }
+            _ if depth >= DEPTH_MAX => Err(self.fail("nested too deep")),
             Some(b'{') => self.object(|r, _| r.skip_value(depth + 1)),
             Some(b'[') => self.array(|r| r.skip_value(depth + 1)),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
             Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(self.err("expected a value")),
+            _ => Err(self.fail("expected a value")),
         }
     }
 }
@@ -479,6 +615,63 @@ mod tests {
         for end in 0..valid.len() {
             assert!(read(&valid[..end]).is_err());
         }
+    }
+
+    /// Thousands of mutations of a valid event (bytes replaced by JSON's structural
+    /// characters, cut short, duplicated): never a panic, and whatever this reader accepts
+    /// is JSON serde_json accepts too, with the same records.
+    #[test]
+    fn mutated_events_never_panic_and_nothing_invalid_is_accepted() {
+        let valid = br#"{"Records":[{"kinesis":{"sequenceNumber":"1","data":"aGk=","n":[1.5,{"a":null}]},"eventID":"s:1"},{"kinesis":{"data":"","sequenceNumber":"2"}}],"x":"\\u00e9\"","y":"\u00e9"}"#;
+        let alphabet = b"{}[]:,\"\\ 0-.eE1tfnu";
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut json = valid.to_vec();
+            for _ in 0..1 + next() % 2 {
+                let at = (next() % json.len() as u64) as usize;
+                match next() % 4 {
+                    3 => json.insert(at, b' '),
+                    0 => json[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                    1 => json.truncate(at),
+                    _ => {
+                        let b = json[at];
+                        json.insert(at, b);
+                    }
+                }
+                if json.is_empty() {
+                    break;
+                }
+            }
+            let mut batch = RecordBatch::new();
+            if read_event(&json, &mut batch).is_ok() {
+                accepted += 1;
+                let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or_else(|e| {
+                    panic!(
+                        "accepted invalid JSON ({e}): {}",
+                        String::from_utf8_lossy(&json)
+                    )
+                });
+                let records = value["Records"].as_array().expect("Records is an array");
+                assert_eq!(records.len(), batch.len());
+                for (i, r) in records.iter().enumerate() {
+                    assert_eq!(
+                        r["kinesis"]["sequenceNumber"].as_str(),
+                        Some(batch.sequence_number(i))
+                    );
+                }
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the mutations left some valid events ({accepted})"
+        );
     }
 
     #[test]
