@@ -29,7 +29,7 @@ use tally::service::metrics::Metrics;
 use tally::service::projector::{Projector, fold_group, group};
 
 mod support;
-use support::{Mix, Sink};
+use support::{CpuTime, Mix, Sink};
 
 const ACCOUNTS: usize = 10_000;
 
@@ -60,7 +60,7 @@ fn runtime_deserialize(body: &[u8]) -> Box<RawValue> {
     serde_path_to_error::deserialize(&mut json).unwrap()
 }
 
-fn stages(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, json: &[u8]) {
+fn stages(g: &mut criterion::BenchmarkGroup<'_, CpuTime>, json: &[u8]) {
     let mut batch = RecordBatch::new();
     g.bench_function("stage_read_event", |b| {
         b.iter(|| {
@@ -124,7 +124,7 @@ fn profile_once(which: &str) {
     assert_eq!(black_box(measured(&handler, &input.json, &rt)), 0);
 }
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<CpuTime>) {
     if let Ok(which) = std::env::var("PROFILE") {
         return profile_once(&which);
     }
@@ -195,5 +195,9 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = bench
+}
 criterion_main!(benches);

@@ -152,18 +152,17 @@ pub struct GroupFold {
 /// applied before the stop is kept: snapshots only move forward, so partial progress is
 /// safe to write.
 pub fn fold_group(start: Snapshot, effects: &[Effect]) -> GroupFold {
-    let mut out = GroupFold {
-        snapshot: start,
-        applied: 0,
-        duplicates: 0,
-        stop: None,
-    };
+    // Locals, not fields of the returned value: the compiler keeps them in registers
+    // across the loop (the result is written once, at the end).
+    let mut snapshot = start;
+    let (mut applied, mut duplicates) = (0u32, 0u32);
+    let mut stop = None;
     for (at, &effect) in effects.iter().enumerate() {
-        match apply_effect(&mut out.snapshot, effect) {
-            Ok(Outcome::Applied) => out.applied += 1,
-            Ok(Outcome::Duplicate) => out.duplicates += 1,
+        match apply_effect(&mut snapshot, effect) {
+            Ok(Outcome::Applied) => applied += 1,
+            Ok(Outcome::Duplicate) => duplicates += 1,
             Ok(Outcome::Gap { expected }) => {
-                out.stop = Some(Stop::Gap {
+                stop = Some(Stop::Gap {
                     expected,
                     found: effect.version,
                     at,
@@ -171,10 +170,15 @@ pub fn fold_group(start: Snapshot, effects: &[Effect]) -> GroupFold {
                 break;
             }
             Err(error) => {
-                out.stop = Some(Stop::Fault { error, at });
+                stop = Some(Stop::Fault { error, at });
                 break;
             }
         }
     }
-    out
+    GroupFold {
+        snapshot,
+        applied,
+        duplicates,
+        stop,
+    }
 }
