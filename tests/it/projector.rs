@@ -175,3 +175,83 @@ async fn a_batch_wider_than_the_cache_writes_every_account() {
     assert_eq!(metrics.events_projected.load(SeqCst), 150);
     assert_eq!(metrics.duplicates_skipped.load(SeqCst), 50);
 }
+
+/// A record the mapping gives up on (its account's snapshot writes fail past every retry)
+/// is not lost: the give-up schedules a catch-up, which keeps failing while the store does
+/// and projects the account once it recovers; only then does the stream count as drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_mapping_gave_up_on_is_projected_by_the_catch_up() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    use tally::adapters::embedded::stream::{EmbeddedStream, Mapping, spawn_consumers};
+    use tally::domain::{Command, Money, Policy, Timestamp, TxnId};
+    use tally::service::command::{CommandService, system_clock};
+
+    let store = EmbeddedStore::in_memory().unwrap();
+    let flaky = Flaky::new(store.clone());
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        flaky.clone(),
+        store.clone(),
+        16,
+        metrics.clone(),
+    ));
+    let stream = EmbeddedStream::new(1, metrics.clone());
+    let mapping = Mapping {
+        batch_size: 10,
+        window: Duration::ZERO,
+        retries_max: 1,
+    };
+    *flaky.faults.only.lock().unwrap() = Some("stuck".into());
+    flaky.faults.put.store(u32::MAX, SeqCst);
+    let consumers = spawn_consumers(stream.clone(), projector.clone(), mapping);
+    let service = CommandService::new(
+        store.clone(),
+        stream.clone(),
+        Policy::default(),
+        64,
+        system_clock(),
+    )
+    .with_metrics(metrics.clone());
+    for account in ["stuck", "fine"] {
+        service
+            .submit(
+                AccountId::new(account).unwrap(),
+                Command::Deposit {
+                    txn_id: TxnId::new(format!("{account}-1")).unwrap(),
+                    amount: Money(500),
+                    occurred_at: Timestamp::from_millis(1_793_523_600_000).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metrics.records_given_up.load(SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mapping never gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stream.pending(), 0, "the given-up record left the stream");
+    assert_eq!(store.get("stuck").await.unwrap(), None);
+    assert_eq!(store.get("fine").await.unwrap().map(|s| s.version), Some(1));
+    assert!(projector.is_behind());
+    flaky.faults.clear();
+    tokio::time::timeout(Duration::from_secs(20), consumers.drain())
+        .await
+        .expect("the catch-up projects the account once the store recovers");
+    assert_eq!(
+        store.get("stuck").await.unwrap().map(|s| s.version),
+        Some(1)
+    );
+    let report = tally::service::audit::verify(&store, &store).await.unwrap();
+    assert!(report.differences.is_empty());
+    assert_eq!(
+        metrics.events_appended.load(SeqCst),
+        metrics.events_projected.load(SeqCst)
+    );
+    consumers.stop().await;
+}

@@ -270,6 +270,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             seq = batch.sequence_number(record),
             "mapping gave up on a record; its accounts wait for a catch-up"
         );
+        Metrics::add(&self.metrics.records_given_up, 1);
         self.behind.store(true, Ordering::Release);
     }
 
