@@ -56,7 +56,12 @@ impl RecordBatch {
 
     /// Reserves room for about `records` records of `bytes` decoded bytes in total.
     pub fn reserve(&mut self, records: usize, bytes: usize) {
-        self.bytes.reserve(bytes + records * PAYLOAD_ALIGN);
+        let bytes = bytes + records * PAYLOAD_ALIGN;
+        if self.bytes.is_empty() && self.bytes.capacity() < bytes {
+            // A fresh buffer: growing an empty one would copy its old capacity for nothing.
+            self.bytes = AlignedVec::with_capacity(bytes);
+        }
+        self.bytes.reserve(bytes);
         self.slots.reserve(records);
         self.sequences.reserve(records * 56);
     }

@@ -12,17 +12,75 @@
 //! Must never: move an entry backward (an older snapshot never replaces a newer one), or
 //! hold more than `entries_max` entries once a batch has committed.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
 
 use foldhash::{HashMap, HashMapExt};
 
 use crate::domain::Snapshot;
+use crate::domain::limits::ID_BYTES_MAX;
+
+/// An account id stored inline (ids are at most `ID_BYTES_MAX` bytes): the key sits in the
+/// map's bucket beside its snapshot, so a lookup touches no other memory, and queueing a
+/// use copies it instead of sharing a heap string.
+#[derive(Clone, Copy)]
+struct Key {
+    len: u8,
+    bytes: [u8; ID_BYTES_MAX],
+}
+
+const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize);
+
+impl Key {
+    /// `None` for a string longer than an account id (never cached).
+    fn new(account: &str) -> Option<Key> {
+        let mut bytes = [0u8; ID_BYTES_MAX];
+        bytes
+            .get_mut(..account.len())?
+            .copy_from_slice(account.as_bytes());
+        Some(Key {
+            len: account.len() as u8,
+            bytes,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        String::from_utf8_lossy(self.as_bytes()).fmt(f)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+/// Hashes as the bytes it holds, so the map can be searched with an account's bytes.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Slot {
     /// The map's own key, so a use can be queued without a second lookup.
-    key: Arc<str>,
+    key: Key,
     snapshot: Snapshot,
     /// The last batch (tick) that used this entry.
     used: u64,
@@ -31,10 +89,10 @@ struct Slot {
 /// Bounded map from account to its stored snapshot.
 #[derive(Debug)]
 pub struct SnapshotCache {
-    map: HashMap<Arc<str>, Slot>,
+    map: HashMap<Key, Slot>,
     /// Use order: (account, tick of that use), oldest first. An account may appear several
     /// times; only the entry matching its slot's `used` counts, the others are stale.
-    order: VecDeque<(Arc<str>, u64)>,
+    order: VecDeque<(Key, u64)>,
     tick: u64,
     entries_max: usize,
 }
@@ -56,16 +114,16 @@ impl SnapshotCache {
     }
 
     /// Marks `slot` used by the current batch, queueing the first use per batch.
-    fn touch(order: &mut VecDeque<(Arc<str>, u64)>, tick: u64, slot: &mut Slot) {
+    fn touch(order: &mut VecDeque<(Key, u64)>, tick: u64, slot: &mut Slot) {
         if slot.used != tick {
             slot.used = tick;
-            order.push_back((slot.key.clone(), tick));
+            order.push_back((slot.key, tick));
         }
     }
 
     /// The cached snapshot of `account`, if any; marks it used by the current batch.
     pub fn lookup(&mut self, account: &str) -> Option<Snapshot> {
-        let slot = self.map.get_mut(account)?;
+        let slot = self.map.get_mut(account.as_bytes())?;
         Self::touch(&mut self.order, self.tick, slot);
         Some(slot.snapshot)
     }
@@ -74,17 +132,19 @@ impl SnapshotCache {
     /// Never moves an entry backward. Does not evict: call [`SnapshotCache::trim`] once the
     /// batch is done.
     pub fn commit(&mut self, account: &str, snapshot: Snapshot) {
-        if let Some(slot) = self.map.get_mut(account) {
+        if let Some(slot) = self.map.get_mut(account.as_bytes()) {
             if snapshot.version >= slot.snapshot.version {
                 slot.snapshot = snapshot;
             }
             Self::touch(&mut self.order, self.tick, slot);
             return;
         }
-        let key: Arc<str> = Arc::from(account);
-        self.order.push_back((key.clone(), self.tick));
+        let Some(key) = Key::new(account) else {
+            return; // not an account id: nothing to remember it by
+        };
+        self.order.push_back((key, self.tick));
         let slot = Slot {
-            key: key.clone(),
+            key,
             snapshot,
             used: self.tick,
         };
@@ -97,16 +157,21 @@ impl SnapshotCache {
             let Some((account, used)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&account).is_some_and(|s| s.used == used) {
-                self.map.remove(&account);
+            if self
+                .map
+                .get(account.as_bytes())
+                .is_some_and(|s| s.used == used)
+            {
+                self.map.remove(account.as_bytes());
             }
         }
         // Stale order entries pile up for accounts used in many batches: compact now and
         // then, so the queue stays within a small multiple of the map.
         if self.order.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
-            self.order
-                .retain(|(account, used)| map.get(account).is_some_and(|s| s.used == *used));
+            self.order.retain(|(account, used)| {
+                map.get(account.as_bytes()).is_some_and(|s| s.used == *used)
+            });
         }
     }
 
@@ -182,6 +247,18 @@ mod tests {
             ["b", "c"].iter().filter(|x| c.lookup(x).is_some()).count(),
             1
         );
+    }
+
+    #[test]
+    fn a_key_longer_than_an_account_id_is_not_cached() {
+        let mut c = SnapshotCache::new(4);
+        c.begin();
+        let long = "x".repeat(ID_BYTES_MAX + 1);
+        c.commit(&long, at(1));
+        assert_eq!(c.lookup(&long), None);
+        let longest = "y".repeat(ID_BYTES_MAX);
+        c.commit(&longest, at(2));
+        assert_eq!(c.lookup(&longest).map(|s| s.version), Some(2));
     }
 
     #[test]
