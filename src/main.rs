@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tally::adapters::embedded::EmbeddedStore;
 use tally::app::{Embedded, Settings};
 use tally::codec::json::{BalanceView, EventView, PointInTimeView};
 use tally::codec::rows::{Format, RowReader};
 use tally::codec::time::parse_rfc3339;
 use tally::domain::AccountId;
 use tally::service::audit;
-use tally::service::ingest::{Rejects, ingest};
+use tally::service::ingest::{IngestError, IngestSummary, Rejects, ingest};
+use tally::service::query::QueryService;
 use tally::workload::{GenSpec, generate};
 
 /// `println!` that treats a closed stdout (`tally … | head`) as "the reader has seen
@@ -89,6 +91,10 @@ enum Cmd {
     Replay,
     /// Re-fold every account and compare with its snapshot; exit 1 on any difference.
     Verify,
+    /// Run the deterministic simulator: seeded workloads, faults and interleavings against
+    /// the real services, checked against the reference model (see README, "How tally is
+    /// tested").
+    Sim(tally::sim::SimArgs),
     /// Write a realistic workload as bulk CSV.
     Gen {
         #[arg(long)]
@@ -106,15 +112,27 @@ enum Cmd {
     },
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The simulator's injected faults would make every service log; it reports by itself.
+    let quiet = if matches!(cli.command, Cmd::Sim(_)) {
+        "off"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| quiet.into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Cmd::Sim(args) = &cli.command {
+        return tally::sim::main(args); // runs its own runtimes, one per seed
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,6 +153,51 @@ fn fail(message: String) -> ExitCode {
 
 fn account(s: &str) -> Result<AccountId, String> {
     AccountId::new(s).map_err(|e| format!("account {s:?}: {e}"))
+}
+
+/// The data dir's store alone: for commands that only read (no catch-up, no stream).
+fn open_store(dir: &Path) -> Result<EmbeddedStore, String> {
+    EmbeddedStore::open(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))
+}
+
+fn query(store: &EmbeddedStore) -> QueryService<EmbeddedStore, EmbeddedStore> {
+    QueryService::new(store.clone(), store.clone())
+}
+
+fn print_verify(report: &audit::VerifyReport) {
+    for d in &report.differences.first {
+        say!(
+            "DIFFERENT {}: stored {:?}, folded {:?}",
+            d.account,
+            d.stored,
+            d.folded
+        );
+    }
+    for l in &report.lagging.first {
+        say!(
+            "LAGGING {}: snapshot at version {}, events up to {}",
+            l.account,
+            l.snapshot_version,
+            l.newest_version
+        );
+    }
+    for b in &report.broken.first {
+        say!("BROKEN {}: {}", b.account, b.reason);
+    }
+    say!(
+        "verified {} accounts, {} events: {} differences, {} lagging snapshots, {} broken \
+         event chains{}",
+        report.accounts,
+        report.events,
+        report.differences.count,
+        report.lagging.count,
+        report.broken.count,
+        if report.lagging.count > 0 {
+            " (`tally replay` rebuilds snapshots from the events)"
+        } else {
+            ""
+        }
+    );
 }
 
 async fn start(dir: &Path) -> Result<Embedded, String> {
@@ -164,11 +227,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         } => {
             let id = account(&name)?;
-            let app = start(&cli.data_dir).await?;
+            let store = open_store(&cli.data_dir)?;
+            let query = query(&store);
             let out = match at {
                 None => {
-                    let s = app
-                        .query
+                    let s = query
                         .balance(&id)
                         .await
                         .map_err(|e| e.to_string())?
@@ -188,8 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
                 Some(at) => {
                     let t = parse_rfc3339(&at).map_err(|e| format!("--at: {e}"))?;
-                    let p = app
-                        .query
+                    let p = query
                         .balance_at(&id, t)
                         .await
                         .map_err(|e| e.to_string())?
@@ -206,7 +268,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             };
             say!("{out}");
-            app.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::History {
@@ -216,9 +277,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
         } => {
             let id = account(&name)?;
-            let app = start(&cli.data_dir).await?;
-            let events = app
-                .query
+            let store = open_store(&cli.data_dir)?;
+            let events = query(&store)
                 .history(&id, from, limit)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -242,7 +302,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     );
                 }
             }
-            app.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replay => {
@@ -255,31 +314,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify => {
-            let app = start(&cli.data_dir).await?;
-            let report = audit::verify(&app.store, &app.store)
+            // Reads only: no catch-up first, or it would repair what it should report.
+            let store = open_store(&cli.data_dir)?;
+            let report = audit::verify(&store, &store)
                 .await
                 .map_err(|e| e.to_string())?;
-            app.shutdown().await;
-            for d in &report.differences {
-                say!(
-                    "DIFFERENT {}: stored {:?}, folded {:?}",
-                    d.account,
-                    d.stored,
-                    d.folded
-                );
-            }
-            say!(
-                "verified {} accounts, {} events: {} differences",
-                report.accounts,
-                report.events,
-                report.differences.len()
-            );
-            Ok(if report.differences.is_empty() {
+            print_verify(&report);
+            Ok(if report.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Sim(_) => unreachable!("handled before the runtime starts"),
         Cmd::Gen {
             accounts,
             transactions,
@@ -408,43 +455,63 @@ async fn run_ingest(
         bar.set_message(format!("ingesting {} ({size} bytes)", file.display()));
         bar
     });
-    let summary = ingest(rows, &app.commands, &mut rejects, |rows| {
+    let result = ingest(rows, &app.commands, &mut rejects, |rows| {
         if let Some(bar) = &bar {
             bar.set_position(rows);
             bar.tick();
         }
     })
-    .await
-    .map_err(|e| match e {
-        tally::service::ingest::IngestError::Command(_) => format!(
-            "{}: {e} (rows booked so far stay booked; running the same file again is safe)",
-            file.display()
-        ),
-        e => format!("{}: {e}", file.display()),
-    })?;
+    .await;
     app.drain().await;
-    let elapsed = summary.elapsed;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    drop(rejects.into_inner());
-    say!(
-        "{}: {} rows, {} accepted, {} duplicates, {} rejected, {} invalid in {:.2}s ({:.0} rows/s)",
-        file.display(),
-        summary.rows,
-        summary.accepted,
-        summary.duplicates,
-        summary.rejected,
-        summary.invalid,
-        elapsed.as_secs_f64(),
-        summary.rows_per_second()
-    );
-    if summary.rejected + summary.invalid > 0 {
-        say!("refused rows: {}", rejects_path.display());
-    }
+    let flushed = std::io::Write::flush(&mut rejects.into_inner())
+        .map_err(|e| format!("{}: {e}", rejects_path.display()));
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(IngestError::Input(e)) => return Err(format!("{}: {e}", file.display())),
+        Err(IngestError::Stopped {
+            summary,
+            line,
+            cause,
+        }) => {
+            // Say what was booked before saying why it stopped.
+            print_summary(file, &summary, rejects_path);
+            app.shutdown().await;
+            return Err(format!(
+                "{}: stopped at line {line}: {cause}; {} rows read have no outcome yet \
+                 (rows booked stay booked; running the same file again is safe)",
+                file.display(),
+                summary.unprocessed
+            ));
+        }
+    };
+    print_summary(file, &summary, rejects_path);
+    flushed?;
     print_balances(&app).await?;
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(file: &Path, s: &IngestSummary, rejects_path: &Path) {
+    say!(
+        "{}: {} rows, {} accepted, {} duplicates, {} refused, {} replayed refusals, {} reused \
+         ids, {} invalid in {:.2}s ({:.0} rows/s)",
+        file.display(),
+        s.rows,
+        s.accepted,
+        s.duplicates,
+        s.refused,
+        s.replayed_refusals,
+        s.reused,
+        s.invalid,
+        s.elapsed.as_secs_f64(),
+        s.rows_per_second()
+    );
+    if s.refused + s.replayed_refusals + s.reused + s.invalid > 0 {
+        say!("rows not booked: {}", rejects_path.display());
+    }
 }
 
 /// The first balances (account order), so a small file shows its whole result.

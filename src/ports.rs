@@ -6,7 +6,9 @@
 
 use std::future::Future;
 
-use crate::domain::{AccountId, AccountState, Event, Snapshot, TxnId, TxnRecord};
+use crate::domain::{
+    AccountId, AccountState, Event, Refusal, Segment, Snapshot, TxnId, TxnOutcome,
+};
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,38 +21,113 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A transaction id's marker: the version of the event that booked it, and what a reversal
-/// needs to know about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredTxn {
-    pub version: u64,
-    pub record: TxnRecord,
-}
-
-/// One conditional append: a page of consecutive events for one account, written only if
-/// the account's newest version is still `expected_version`, none of the events' txn ids
-/// has a marker yet, and every reversal target is still unreversed. All or nothing.
+/// One account's writes in one `append` call: its pages, in order, the first written only if
+/// the account is still at `expected_version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Append {
     pub account: AccountId,
     pub expected_version: u64,
-    pub events: Vec<Event>,
+    pub pages: Vec<PageWrite>,
 }
 
-/// Why one append was not written.
+/// One conditional write of an account: consecutive events (versions continuing the previous
+/// page, or `expected_version + 1` for the first) and the refusals decided among them, at
+/// most [`PAGE_EVENTS_MAX`](crate::domain::limits::PAGE_EVENTS_MAX) entries in all.
+///
+/// Written all or nothing, and only if:
+/// - the page has events and the account's newest version is still the one before its first
+///   event (a page of refusals only carries no version condition: its refusals were decided
+///   on state that the call's earlier pages, or the store, already hold);
+/// - none of its txn ids has an outcome yet;
+/// - every reversal's target is booked and not yet reversed (after earlier entries).
+///
+/// Recording follows [`crate::domain::record`]: each event's outcome, its target's
+/// `reversed` flag, each refusal's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageWrite {
+    pub events: Vec<Event>,
+    pub refusals: Vec<Refusal>,
+}
+
+impl PageWrite {
+    /// The shape every store checks before any condition: events with consecutive versions
+    /// continuing `expected`, and at most `PAGE_EVENTS_MAX` entries. A page that fails it is a
+    /// caller's bug, refused as corrupt rather than written as a gap.
+    pub fn check_shape(&self, expected: u64) -> Result<(), StoreError> {
+        use crate::domain::limits::PAGE_EVENTS_MAX;
+        if self.len() > PAGE_EVENTS_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "a page of {} entries exceeds {PAGE_EVENTS_MAX}",
+                self.len()
+            )));
+        }
+        let mut next = expected.checked_add(1);
+        for e in &self.events {
+            if Some(e.version) != next {
+                return Err(StoreError::Corrupt(format!(
+                    "event version {} does not continue version {}",
+                    e.version,
+                    next.map_or(u64::MAX, |n| n - 1)
+                )));
+            }
+            next = e.version.checked_add(1);
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len() + self.refusals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.refusals.is_empty()
+    }
+}
+
+/// Why a page was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     #[error("account moved on to version {current}")]
     Conflict { current: u64 },
-    #[error("transaction {0} is already booked")]
+    #[error("transaction {0} already has an outcome")]
     DuplicateTxn(TxnId),
-    #[error("transaction {0} was reversed concurrently")]
+    #[error("transaction {0} is no longer a booked, unreversed transaction")]
     TargetReversed(TxnId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The source of truth: pages of events and transaction markers.
+/// What one account's [`Append`] did: its first `pages` pages are written (durably), and
+/// `error` says why the next one was not. Pages after a failed page are never written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub pages: usize,
+    pub error: Option<AppendError>,
+}
+
+impl Appended {
+    /// Nothing written, for this reason.
+    pub fn failed(error: AppendError) -> Appended {
+        Appended {
+            pages: 0,
+            error: Some(error),
+        }
+    }
+}
+
+/// The source of truth: pages of events, and every txn id's outcome.
+///
+/// # Contract (both backends; tested generically in `tests/it/store_contract.rs`)
+/// - **Per account, in order, all-or-nothing from the first failure.** An account's pages in
+///   one call commit in order; after the first page that fails, none of its later pages are
+///   written. [`append`](Self::append) returns exactly one [`Appended`] per [`Append`], in
+///   order, whatever happens (a backend failure is reported on every account it touched).
+/// - **Idempotent retry.** A page identical to one already written (same account, same
+///   entries, same `recorded_at`) succeeds again without writing: a caller that saw a timeout
+///   after the store committed retries the same bytes and learns it was written. (DynamoDB:
+///   a `ClientRequestToken` derived from the page, honoured for 10 minutes.)
+/// - **One outcome per txn id, forever**: conditions above; outcomes never change except a
+///   booked transaction's `reversed` flag going from false to true once.
 pub trait EventStore: Send + Sync + 'static {
     /// The write model: version and balance of the newest event (default for a new account).
     fn tip(
@@ -59,26 +136,22 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AccountState, StoreError>> + Send;
 
     /// Everything `decide` needs for a run of commands, read consistently: the tip and the
-    /// markers of `txns` (in order; `None` where not booked).
+    /// outcomes of `txns` (in order; `None` where the id has none).
     fn load(
         &self,
         account: &AccountId,
         txns: &[TxnId],
-    ) -> impl Future<Output = Result<(AccountState, Vec<Option<StoredTxn>>), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError>> + Send;
 
-    /// The marker of `txn` on `account`, if booked.
+    /// The outcome of `txn` on `account`, if it has one.
     fn txn(
         &self,
         account: &AccountId,
         txn: &TxnId,
-    ) -> impl Future<Output = Result<Option<StoredTxn>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<TxnOutcome>, StoreError>> + Send;
 
-    /// Appends many pages, each atomically and independently; one result per append, in
-    /// order. Durable when this returns.
-    fn append(
-        &self,
-        appends: Vec<Append>,
-    ) -> impl Future<Output = Vec<Result<(), AppendError>>> + Send;
+    /// Writes each account's pages under the contract above. Durable when this returns.
+    fn append(&self, appends: Vec<Append>) -> impl Future<Output = Vec<Appended>> + Send;
 
     /// Events `from..=to` of `account` in version order (fewer if the account is shorter).
     fn read(
@@ -87,6 +160,16 @@ pub trait EventStore: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Summaries of the account's complete segments with index `from` or more, in index
+    /// order, at most `limit` (see `domain::segment`). A summary may be missing (a backend
+    /// that writes them after the events, best effort): callers read the events instead.
+    fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Segment>, StoreError>> + Send;
 
     /// Every account with its newest version, in account order, starting after `after`,
     /// at most `limit` of them (for catch-up, replay and verify).

@@ -54,6 +54,23 @@ pub fn decode_record_pages(bytes: &[u8]) -> Result<Vec<crate::domain::Page>, Cod
     aggregate.pages.iter().map(|p| p.to_page()).collect()
 }
 
+/// Encodes a run of consecutive events of `account` as a stored page (the caller has checked
+/// the versions), without building a domain `Page` first.
+pub fn encode_events(
+    account: &crate::domain::AccountId,
+    events: &[crate::domain::Event],
+) -> Result<rkyv::util::AlignedVec, CodecError> {
+    let first = events.first().ok_or(CodecError::Invalid {
+        what: "page",
+        detail: "no events".into(),
+    })?;
+    encode_page(&WirePage {
+        account: account.as_str().to_owned(),
+        first_version: first.version,
+        events: events.iter().map(WireEvent::from_event).collect(),
+    })
+}
+
 /// Decodes a stored page into its domain form.
 pub fn decode_page(bytes: &[u8]) -> Result<crate::domain::Page, CodecError> {
     Decoder::new().page(bytes)?.to_page()

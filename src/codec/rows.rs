@@ -47,6 +47,16 @@ impl RowError {
         }
     }
 
+    /// A row that is invalid as a whole (not one field); the reader goes on.
+    fn field_less(line: u64, message: impl Into<String>) -> RowError {
+        RowError {
+            line,
+            field: None,
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
     fn fatal(line: u64, message: impl Into<String>) -> RowError {
         RowError {
             line,
@@ -214,9 +224,13 @@ enum Inner<R: Read> {
     Ndjson {
         reader: io::BufReader<R>,
         line: u64,
-        buf: String,
+        buf: Vec<u8>,
     },
 }
+
+/// Longest NDJSON line accepted as a row; a longer one is an invalid row, skipped to its end
+/// without holding it in memory.
+pub const ROW_BYTES_MAX: usize = 64 * 1024;
 
 impl<R: Read> RowReader<R> {
     /// Reads the CSV header now, so a wrong header fails before any row is processed.
@@ -239,7 +253,7 @@ impl<R: Read> RowReader<R> {
             Format::Ndjson => Inner::Ndjson {
                 reader: io::BufReader::new(source),
                 line: 0,
-                buf: String::new(),
+                buf: Vec::new(),
             },
         };
         Ok(RowReader { inner, done: false })
@@ -342,6 +356,36 @@ fn json_row(line: u64, text: &str) -> Result<Row, RowError> {
     )
 }
 
+/// Reads the next line into `buf` (without its newline). `Ok(None)` at the end of input;
+/// `Ok(Some(false))` for a line over [`ROW_BYTES_MAX`], consumed to its end but not kept.
+fn next_line<R: Read>(
+    reader: &mut io::BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<bool>> {
+    buf.clear();
+    let limit = ROW_BYTES_MAX as u64 + 1;
+    let n = reader.by_ref().take(limit).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Some(true));
+    }
+    if buf.len() <= ROW_BYTES_MAX {
+        return Ok(Some(true)); // the last line, without a newline
+    }
+    // Too long: skip the rest of the line in bounded steps.
+    loop {
+        buf.clear();
+        let n = reader.by_ref().take(limit).read_until(b'\n', buf)?;
+        if n == 0 || buf.last() == Some(&b'\n') {
+            buf.clear();
+            return Ok(Some(false));
+        }
+    }
+}
+
 impl<R: Read> Iterator for RowReader<R> {
     type Item = Result<Row, RowError>;
 
@@ -387,14 +431,31 @@ impl<R: Read> Iterator for RowReader<R> {
                 }
             },
             Inner::Ndjson { reader, line, buf } => loop {
-                buf.clear();
                 *line += 1;
-                match reader.read_line(buf) {
-                    Ok(0) => break None,
-                    Ok(_) if buf.trim().is_empty() => continue,
-                    Ok(_) => break Some(json_row(*line, buf.trim_end())),
+                match next_line(reader, buf) {
+                    Ok(None) => break None,
+                    Ok(Some(false)) => {
+                        break Some(Err(RowError::field_less(
+                            *line,
+                            format!("line is longer than {ROW_BYTES_MAX} bytes"),
+                        )));
+                    }
+                    Ok(Some(true)) => {}
                     Err(e) => break Some(Err(RowError::fatal(*line, e.to_string()))),
                 }
+                let text = match std::str::from_utf8(buf) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        break Some(Err(RowError::field_less(
+                            *line,
+                            format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1),
+                        )));
+                    }
+                };
+                if text.trim().is_empty() {
+                    continue;
+                }
+                break Some(json_row(*line, text.trim_end()));
             },
         };
         match &item {

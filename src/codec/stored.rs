@@ -1,9 +1,11 @@
-//! Fixed little-endian layouts for the small values the embedded store keeps: snapshots,
-//! transaction markers and tips. Decoding checks lengths and ranges and never panics.
+//! Little-endian layouts for the small values the stores keep: snapshots, txn outcomes and
+//! segment summaries (both stores) and tips. Decoding checks lengths and ranges and never panics.
 
 use super::CodecError;
-use crate::domain::{AccountState, Money, Month, Snapshot, Timestamp, TxnKind, TxnRecord};
-use crate::ports::StoredTxn;
+use crate::domain::{
+    AccountState, Command, Event, EventKind, Money, Month, Refusal, Rejection, Segment, Snapshot,
+    Timestamp, TxnId, TxnOutcome,
+};
 
 const SNAPSHOT_BYTES: usize = 101;
 
@@ -38,9 +40,6 @@ impl Fields<'_> {
     }
     fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.take())
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
     }
 }
 
@@ -102,44 +101,254 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, CodecError> {
     })
 }
 
-pub fn encode_marker(m: &StoredTxn) -> [u8; 18] {
-    let mut out = [0u8; 18];
-    out[0..8].copy_from_slice(&m.version.to_le_bytes());
-    out[8] = match m.record.kind {
-        TxnKind::Deposit => 1,
-        TxnKind::Withdrawal => 2,
-        TxnKind::Reversal => 3,
+/// Layout version of an encoded [`TxnOutcome`].
+const OUTCOME_LAYOUT: u8 = 2;
+
+/// A txn id's outcome, as both stores keep it (the txn id itself is the key). Booked: the
+/// whole event, so a duplicate is answered without reading its page; refused: the command
+/// and the rejection with its figures.
+pub fn encode_outcome(outcome: &TxnOutcome) -> Vec<u8> {
+    let mut w = Vec::with_capacity(64);
+    w.push(OUTCOME_LAYOUT);
+    match outcome {
+        TxnOutcome::Booked { event, reversed } => {
+            w.push(1);
+            w.push(u8::from(*reversed));
+            w.extend_from_slice(&event.version.to_le_bytes());
+            let (kind, figure, reverses) = match &event.kind {
+                EventKind::Deposited { amount } => (1, *amount, None),
+                EventKind::Withdrawn { amount } => (2, *amount, None),
+                EventKind::Reversed { reverses, delta } => (3, *delta, Some(reverses)),
+            };
+            w.push(kind);
+            w.extend_from_slice(&figure.minor().to_le_bytes());
+            w.extend_from_slice(&event.occurred_at.millis().to_le_bytes());
+            w.extend_from_slice(&event.recorded_at.millis().to_le_bytes());
+            w.extend_from_slice(&event.balance.minor().to_le_bytes());
+            put_id(&mut w, reverses.map(TxnId::as_str));
+        }
+        TxnOutcome::Refused(r) => {
+            w.push(2);
+            w.extend_from_slice(&r.version.to_le_bytes());
+            let (kind, amount, reverses) = match &r.command {
+                Command::Deposit { amount, .. } => (1, *amount, None),
+                Command::Withdraw { amount, .. } => (2, *amount, None),
+                Command::Reverse { reverses, .. } => (3, Money::ZERO, Some(reverses)),
+            };
+            w.push(kind);
+            w.extend_from_slice(&amount.minor().to_le_bytes());
+            w.extend_from_slice(&r.command.occurred_at().millis().to_le_bytes());
+            put_id(&mut w, reverses.map(TxnId::as_str));
+            let (tag, figures) = rejection_figures(&r.rejection);
+            w.push(tag);
+            for f in figures {
+                w.extend_from_slice(&f.to_le_bytes());
+            }
+        }
+    }
+    w
+}
+
+fn put_id(w: &mut Vec<u8>, id: Option<&str>) {
+    let id = id.unwrap_or("");
+    // Ids are at most 64 bytes (checked at construction).
+    w.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    w.extend_from_slice(id.as_bytes());
+}
+
+fn rejection_figures(r: &Rejection) -> (u8, [i64; 3]) {
+    match r {
+        Rejection::InsufficientFunds {
+            balance,
+            amount,
+            overdraft_limit,
+        } => (1, [balance.minor(), amount.minor(), *overdraft_limit]),
+        Rejection::UnknownReversalTarget { .. } => (2, [0; 3]),
+        Rejection::AlreadyReversed { .. } => (3, [0; 3]),
+        Rejection::ReversalOfReversal { .. } => (4, [0; 3]),
+        Rejection::BalanceOverflow { balance, delta } => (5, [balance.minor(), delta.minor(), 0]),
+        Rejection::VersionExhausted => (6, [0; 3]),
+        Rejection::AmountOutOfRange { amount, max } => (7, [amount.minor(), *max, 0]),
+    }
+}
+
+/// Bounds-checked reads over variable-length bytes: a short input is an error, never a panic.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.0.len() < n {
+            return Err(invalid("outcome", "truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(
+            b.try_into().map_err(|_| invalid("outcome", "truncated"))?,
+        ))
+    }
+    fn i64(&mut self) -> Result<i64, CodecError> {
+        Ok(self.u64()? as i64)
+    }
+    fn time(&mut self) -> Result<Timestamp, CodecError> {
+        let ms = self.i64()?;
+        Timestamp::from_millis(ms).ok_or_else(|| invalid("outcome time", ms))
+    }
+    fn id(&mut self) -> Result<Option<TxnId>, CodecError> {
+        let n = usize::from(self.u8()?);
+        if n == 0 {
+            return Ok(None);
+        }
+        let raw = std::str::from_utf8(self.take(n)?).map_err(|e| invalid("outcome id", e))?;
+        TxnId::new(raw)
+            .map(Some)
+            .map_err(|e| invalid("outcome id", e))
+    }
+}
+
+/// Inverse of [`encode_outcome`]; `txn` is the key it was stored under.
+pub fn decode_outcome(txn: &TxnId, bytes: &[u8]) -> Result<TxnOutcome, CodecError> {
+    let mut r = Reader(bytes);
+    if r.u8()? != OUTCOME_LAYOUT {
+        return Err(invalid("outcome", "unknown layout"));
+    }
+    let outcome = match r.u8()? {
+        1 => {
+            let reversed = match r.u8()? {
+                0 => false,
+                1 => true,
+                b => return Err(invalid("outcome reversed flag", b)),
+            };
+            let version = r.u64()?;
+            let (kind, figure) = (r.u8()?, Money(r.i64()?));
+            let (occurred_at, recorded_at, balance) = (r.time()?, r.time()?, Money(r.i64()?));
+            let reverses = r.id()?;
+            let kind = match (kind, reverses) {
+                (1, None) => EventKind::Deposited { amount: figure },
+                (2, None) => EventKind::Withdrawn { amount: figure },
+                (3, Some(reverses)) => EventKind::Reversed {
+                    reverses,
+                    delta: figure,
+                },
+                (k, _) => return Err(invalid("outcome event kind", k)),
+            };
+            let event = Event {
+                version,
+                txn_id: txn.clone(),
+                kind,
+                occurred_at,
+                recorded_at,
+                balance,
+            };
+            if event.effect().is_none() {
+                return Err(invalid("outcome event", "impossible delta"));
+            }
+            TxnOutcome::Booked { event, reversed }
+        }
+        2 => {
+            let version = r.u64()?;
+            let (kind, amount, occurred_at) = (r.u8()?, Money(r.i64()?), r.time()?);
+            let reverses = r.id()?;
+            let txn_id = txn.clone();
+            let command = match (kind, reverses.clone()) {
+                (1, None) => Command::Deposit {
+                    txn_id,
+                    amount,
+                    occurred_at,
+                },
+                (2, None) => Command::Withdraw {
+                    txn_id,
+                    amount,
+                    occurred_at,
+                },
+                (3, Some(reverses)) => Command::Reverse {
+                    txn_id,
+                    reverses,
+                    occurred_at,
+                },
+                (k, _) => return Err(invalid("outcome command kind", k)),
+            };
+            let tag = r.u8()?;
+            let [a, b, c] = [r.i64()?, r.i64()?, r.i64()?];
+            let target = || {
+                reverses
+                    .clone()
+                    .ok_or_else(|| invalid("outcome rejection", tag))
+            };
+            let rejection = match tag {
+                1 => Rejection::InsufficientFunds {
+                    balance: Money(a),
+                    amount: Money(b),
+                    overdraft_limit: c,
+                },
+                2 => Rejection::UnknownReversalTarget {
+                    reverses: target()?,
+                },
+                3 => Rejection::AlreadyReversed {
+                    reverses: target()?,
+                },
+                4 => Rejection::ReversalOfReversal {
+                    reverses: target()?,
+                },
+                5 => Rejection::BalanceOverflow {
+                    balance: Money(a),
+                    delta: Money(b),
+                },
+                6 => Rejection::VersionExhausted,
+                7 => Rejection::AmountOutOfRange {
+                    amount: Money(a),
+                    max: b,
+                },
+                t => return Err(invalid("outcome rejection", t)),
+            };
+            TxnOutcome::Refused(Refusal {
+                command,
+                rejection,
+                version,
+            })
+        }
+        t => return Err(invalid("outcome tag", t)),
     };
-    out[9..17].copy_from_slice(&m.record.delta.minor().to_le_bytes());
-    out[17] = u8::from(m.record.reversed);
+    if !r.0.is_empty() {
+        return Err(invalid("outcome", "trailing bytes"));
+    }
+    Ok(outcome)
+}
+
+const SEGMENT_BYTES: usize = 1 + 8 + 8 + 16;
+
+/// A segment summary (its index is the key).
+pub fn encode_segment(s: &Segment) -> [u8; SEGMENT_BYTES] {
+    let mut out = [0u8; SEGMENT_BYTES];
+    out[0] = 1; // layout version
+    out[1..9].copy_from_slice(&s.earliest.millis().to_le_bytes());
+    out[9..17].copy_from_slice(&s.latest.millis().to_le_bytes());
+    out[17..33].copy_from_slice(&s.net.to_le_bytes());
     out
 }
 
-pub fn decode_marker(bytes: &[u8]) -> Result<StoredTxn, CodecError> {
-    if bytes.len() != 18 {
-        return Err(invalid("marker", format_args!("{} bytes", bytes.len())));
+pub fn decode_segment(index: u64, bytes: &[u8]) -> Result<Segment, CodecError> {
+    if bytes.len() != SEGMENT_BYTES || bytes[0] != 1 {
+        return Err(invalid("segment", format_args!("{} bytes", bytes.len())));
     }
-    let mut f = Fields(bytes);
-    let version = f.u64();
-    let kind = match f.u8() {
-        1 => TxnKind::Deposit,
-        2 => TxnKind::Withdrawal,
-        3 => TxnKind::Reversal,
-        k => return Err(invalid("marker kind", k)),
-    };
-    let delta = Money(f.i64());
-    let reversed = match f.u8() {
-        0 => false,
-        1 => true,
-        r => return Err(invalid("marker reversed flag", r)),
-    };
-    Ok(StoredTxn {
-        version,
-        record: TxnRecord {
-            kind,
-            delta,
-            reversed,
-        },
+    let mut f = Fields(&bytes[1..]);
+    let time = |ms: i64| Timestamp::from_millis(ms).ok_or_else(|| invalid("segment time", ms));
+    let (earliest, latest) = (time(f.i64())?, time(f.i64())?);
+    let net = f.i128();
+    if earliest > latest {
+        return Err(invalid("segment", "earliest after latest"));
+    }
+    Ok(Segment {
+        index,
+        earliest,
+        latest,
+        net,
     })
 }
 
@@ -185,15 +394,55 @@ mod tests {
             Ok(Snapshot::default())
         );
         assert!(decode_snapshot(&encode_snapshot(&s)[..50]).is_err());
-        let m = StoredTxn {
-            version: 3,
-            record: TxnRecord {
-                kind: TxnKind::Withdrawal,
-                delta: Money(-4),
+        let at = Timestamp::from_millis(1_000).unwrap();
+        let outcomes = [
+            TxnOutcome::Booked {
+                event: Event {
+                    version: 3,
+                    txn_id: TxnId::new("t-3").unwrap(),
+                    kind: EventKind::Reversed {
+                        reverses: TxnId::new("t-1").unwrap(),
+                        delta: Money(-4),
+                    },
+                    occurred_at: at,
+                    recorded_at: at,
+                    balance: Money(-4),
+                },
                 reversed: true,
             },
-        };
-        assert_eq!(decode_marker(&encode_marker(&m)), Ok(m));
+            TxnOutcome::Refused(Refusal {
+                command: Command::Withdraw {
+                    txn_id: TxnId::new("t-3").unwrap(),
+                    amount: Money(9),
+                    occurred_at: at,
+                },
+                rejection: Rejection::InsufficientFunds {
+                    balance: Money(5),
+                    amount: Money(9),
+                    overdraft_limit: 0,
+                },
+                version: 2,
+            }),
+            TxnOutcome::Refused(Refusal {
+                command: Command::Reverse {
+                    txn_id: TxnId::new("t-3").unwrap(),
+                    reverses: TxnId::new("t-0").unwrap(),
+                    occurred_at: at,
+                },
+                rejection: Rejection::UnknownReversalTarget {
+                    reverses: TxnId::new("t-0").unwrap(),
+                },
+                version: 0,
+            }),
+        ];
+        for o in &outcomes {
+            let bytes = encode_outcome(o);
+            let id = TxnId::new("t-3").unwrap();
+            assert_eq!(decode_outcome(&id, &bytes).as_ref(), Ok(o));
+            for cut in 0..bytes.len() {
+                assert!(decode_outcome(&id, &bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
         let t = AccountState {
             version: 9,
             balance: Money(i64::MIN),

@@ -1,5 +1,6 @@
 //! Commands and the rules: `decide` turns a command and the account's current state into
-//! events, or a typed rejection. A rejection leaves no trace.
+//! events, or a typed rejection. What becomes of a rejection (recorded as the txn id's
+//! outcome, or not) is `txn`'s business.
 
 use super::account::TxnId;
 use super::event::{Event, EventKind, TxnKind, TxnRecord};
@@ -76,7 +77,7 @@ pub enum Rejection {
         amount: Money,
         overdraft_limit: i64,
     },
-    #[error("transaction {reverses} to reverse does not exist on this account")]
+    #[error("transaction {reverses} to reverse was never booked on this account")]
     UnknownReversalTarget { reverses: TxnId },
     #[error("transaction {reverses} is already reversed")]
     AlreadyReversed { reverses: TxnId },
@@ -86,6 +87,34 @@ pub enum Rejection {
     BalanceOverflow { balance: Money, delta: Money },
     #[error("the account has reached the last version number")]
     VersionExhausted,
+}
+
+impl Rejection {
+    /// The request field a refusal is about, for error bodies and rejects files.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Rejection::AmountOutOfRange { .. }
+            | Rejection::InsufficientFunds { .. }
+            | Rejection::BalanceOverflow { .. } => Some("amount"),
+            Rejection::UnknownReversalTarget { .. }
+            | Rejection::AlreadyReversed { .. }
+            | Rejection::ReversalOfReversal { .. } => Some("reverses"),
+            Rejection::VersionExhausted => None,
+        }
+    }
+
+    /// A stable, machine-readable code (the HTTP `error` field).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::AmountOutOfRange { .. } => "amount_out_of_range",
+            Rejection::InsufficientFunds { .. } => "insufficient_funds",
+            Rejection::UnknownReversalTarget { .. } => "unknown_reversal_target",
+            Rejection::AlreadyReversed { .. } => "already_reversed",
+            Rejection::ReversalOfReversal { .. } => "reversal_of_reversal",
+            Rejection::BalanceOverflow { .. } => "balance_overflow",
+            Rejection::VersionExhausted => "version_exhausted",
+        }
+    }
 }
 
 /// Applies the rules of DESIGN.md to one command. `target` is the stored record of the
@@ -178,6 +207,9 @@ fn check_amount(amount: Money, policy: &Policy) -> Result<(), Rejection> {
 /// withdrawal is "insufficient funds", not an overflow.
 fn check_funds(balance: Money, amount: Money, policy: &Policy) -> Result<(), Rejection> {
     let after = i128::from(balance.minor()) - i128::from(amount.minor());
+    // A mutation the simulator must catch: one minor unit past the overdraft limit passes.
+    #[cfg(feature = "mutation-overdraft")]
+    let after = after + 1;
     if after < -i128::from(policy.overdraft_limit) {
         return Err(Rejection::InsufficientFunds {
             balance,

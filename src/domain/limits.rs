@@ -14,10 +14,22 @@ pub const AMOUNT_HARD_MAX: i64 = i64::MAX;
 /// two-decimal currency). A typo with three extra zeros is rejected, not booked.
 pub const AMOUNT_MAX_DEFAULT: i64 = 1_000_000_000_000;
 
-/// Most events in one stored page (the event store's unit of conditional append). A page
-/// becomes one DynamoDB `TransactWriteItems`: the page item, one marker per event and at
-/// most one reversal-target update per event, so 2 × 32 + 1 stays under its 100 items.
+/// Most entries (events plus refusals) in one page write, the event store's unit of
+/// conditional append. A page becomes one DynamoDB `TransactWriteItems`: the page item, one
+/// outcome marker per entry and at most one reversal-target update per event.
 pub const PAGE_EVENTS_MAX: usize = 32;
+
+/// Items one DynamoDB `TransactWriteItems` may carry.
+pub const TRANSACT_ITEMS_MAX: usize = 100;
+
+// The page item, and per entry one outcome marker plus at most one target update.
+#[allow(clippy::int_plus_one)]
+const _: () = assert!(1 + 2 * PAGE_EVENTS_MAX <= TRANSACT_ITEMS_MAX);
+
+/// Versions per segment summary (`domain::segment`): segment `k` (from 0) covers versions
+/// `k * SEGMENT_EVENTS + 1 ..= (k + 1) * SEGMENT_EVENTS`. A point-in-time balance reads one
+/// summary per segment. Fixed for the life of a store: changing it orphans the summaries.
+pub const SEGMENT_EVENTS: u64 = 1024;
 
 /// How often the command service reloads and decides again after losing a race.
 pub const APPEND_RETRIES_MAX: u32 = 16;

@@ -122,7 +122,18 @@ pub fn apply_effect(snapshot: &mut Snapshot, e: Effect) -> Result<Outcome, FoldE
                 .checked_add(i128::from(delta))
                 .ok_or_else(overflow)?,
         ),
+        // A mutation the simulator must catch: an earlier month's event counted in the
+        // current month's figure.
+        #[cfg(feature = "mutation-month")]
+        Some(current) if !current.is_before(e.occurred_at) => (
+            Some(current),
+            snapshot
+                .month_balance
+                .checked_add(i128::from(delta))
+                .ok_or_else(overflow)?,
+        ),
         // An event of an earlier month changes the balance, not the month figure.
+        #[cfg(not(feature = "mutation-month"))]
         Some(current) if !current.is_before(e.occurred_at) => {
             (Some(current), snapshot.month_balance)
         }

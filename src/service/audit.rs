@@ -1,5 +1,7 @@
-//! `verify` and `replay`: re-fold every account from the event store. Verify compares with
-//! the stored snapshot (any difference is a bug or corruption); replay rewrites snapshots.
+//! `verify` and `replay`: re-fold every account from the event store. Verify only reads and
+//! reports — snapshots that differ from the fold of their events, snapshots behind their
+//! events, event chains that do not fold — and repairs nothing (it must be able to see what
+//! went wrong). Replay rewrites snapshots from the events.
 
 use crate::domain::{AccountId, Effect, Event, Snapshot};
 use crate::ports::{EventStore, SnapshotError, SnapshotPut, SnapshotStore, StoreError};
@@ -8,37 +10,91 @@ use crate::service::projector::fold_group;
 /// Accounts read per store call.
 const ACCOUNTS_PAGE: usize = 1_000;
 
-/// One account whose snapshot differs from the fold of its events.
+/// Accounts listed per kind of finding; the rest are counted.
+pub const LISTED_MAX: usize = 10;
+
+/// One account whose snapshot is not the fold of its events up to the snapshot's version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
     pub account: AccountId,
     pub stored: Option<Snapshot>,
+    /// The fold of the events up to the stored version (all of them if none is stored).
     pub folded: Snapshot,
+}
+
+/// One account whose snapshot is behind its events (it may still be right up to there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lag {
+    pub account: AccountId,
+    /// 0: no snapshot at all.
+    pub snapshot_version: u64,
+    pub newest_version: u64,
+}
+
+/// One account whose events do not fold (a broken chain): corruption, not lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    pub account: AccountId,
+    pub reason: String,
+}
+
+/// How many of one kind, and the first [`LISTED_MAX`] of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Findings<T> {
+    pub count: u64,
+    pub first: Vec<T>,
+}
+
+impl<T> Default for Findings<T> {
+    fn default() -> Self {
+        Findings {
+            count: 0,
+            first: Vec::new(),
+        }
+    }
+}
+
+impl<T> Findings<T> {
+    fn add(&mut self, item: T) {
+        self.count += 1;
+        if self.first.len() < LISTED_MAX {
+            self.first.push(item);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     pub accounts: u64,
     pub events: u64,
-    pub differences: Vec<Difference>,
+    pub differences: Findings<Difference>,
+    pub lagging: Findings<Lag>,
+    pub broken: Findings<Broken>,
 }
 
-/// Folds all events of `account` from the initial state, checking every carried balance.
-async fn refold<E: EventStore>(
-    events: &E,
-    account: &AccountId,
-    newest: u64,
-) -> Result<(Snapshot, u64), StoreError> {
-    let all = events.read(account, 1, newest).await?;
-    let fx: Vec<Effect> = all.iter().filter_map(Event::effect).collect();
-    let fold = fold_group(Snapshot::default(), &fx);
-    if fold.stop.is_some() || fold.snapshot.version != newest || fx.len() != all.len() {
-        return Err(StoreError::Corrupt(format!(
-            "events of {account} do not fold to version {newest} (stopped: {:?})",
-            fold.stop
-        )));
+impl VerifyReport {
+    /// Nothing to report: every snapshot is the fold of all its account's events.
+    pub fn is_clean(&self) -> bool {
+        self.differences.count + self.lagging.count + self.broken.count == 0
     }
-    Ok((fold.snapshot, all.len() as u64))
+}
+
+/// Folds events from the initial state, checking every carried balance; `Err` says why the
+/// chain is broken.
+fn fold_all(events: &[Event], newest: u64) -> Result<Snapshot, String> {
+    let fx: Vec<Effect> = events.iter().filter_map(Event::effect).collect();
+    if fx.len() != events.len() {
+        return Err("an event has an impossible delta".into());
+    }
+    let fold = fold_group(Snapshot::default(), &fx);
+    match fold.stop {
+        Some(stop) => Err(format!("fold stops: {stop:?}")),
+        None if fold.snapshot.version != newest => Err(format!(
+            "events fold to version {}, but the newest is {newest}",
+            fold.snapshot.version
+        )),
+        None => Ok(fold.snapshot),
+    }
 }
 
 /// Visits every account with its newest version.
@@ -59,21 +115,44 @@ async fn each_account<E: EventStore>(
     }
 }
 
+/// Reads every account's events and snapshot and reports what disagrees. Writes nothing.
 pub async fn verify<E: EventStore, S: SnapshotStore>(
     events: &E,
     snapshots: &S,
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     each_account(events, async |account, newest| {
-        let (folded, n) = refold(events, &account, newest).await?;
         report.accounts += 1;
-        report.events += n;
+        let all = events.read(&account, 1, newest).await?;
+        report.events += all.len() as u64;
         let stored = snapshots.get(account.as_str()).await?;
-        if stored != Some(folded) {
-            report.differences.push(Difference {
+        let upto = stored.map_or(newest, |s| s.version.min(newest));
+        let folded = match fold_all(&all[..(upto as usize).min(all.len())], upto)
+            .and_then(|s| fold_all(&all, newest).map(|_| s))
+        {
+            Ok(s) => s,
+            Err(reason) => {
+                report.broken.add(Broken { account, reason });
+                return Ok(());
+            }
+        };
+        let version = stored.map_or(0, |s| s.version);
+        if stored.is_some_and(|s| s.version <= newest) && stored != Some(folded) {
+            report.differences.add(Difference {
                 account,
                 stored,
                 folded,
+            });
+        } else if version > newest {
+            report.broken.add(Broken {
+                account,
+                reason: format!("snapshot at version {version} is ahead of the events ({newest})"),
+            });
+        } else if version < newest {
+            report.lagging.add(Lag {
+                account,
+                snapshot_version: version,
+                newest_version: newest,
             });
         }
         Ok(())
@@ -89,7 +168,10 @@ pub async fn replay<E: EventStore, S: SnapshotStore>(
 ) -> Result<u64, StoreError> {
     let mut accounts = 0;
     each_account(events, async |account, newest| {
-        let (folded, _) = refold(events, &account, newest).await?;
+        let all = events.read(&account, 1, newest).await?;
+        let folded = fold_all(&all, newest).map_err(|reason| {
+            StoreError::Corrupt(format!("events of {account} do not fold: {reason}"))
+        })?;
         let current = snapshots
             .get(account.as_str())
             .await?

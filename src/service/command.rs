@@ -1,9 +1,17 @@
-//! The write side: load the account's tip, `decide`, append conditionally with bounded
-//! optimistic retry, and only then publish. Idempotent per transaction id: a repeated id
-//! returns the original outcome and appends nothing.
+//! The write side: load each account's tip and txn outcomes, decide the run of commands
+//! (`domain::decide_run`), append the resulting pages conditionally, and only then publish.
+//!
+//! One txn id, one outcome, forever: a booked id comes back as the original event, a refused
+//! one as the original refusal, the same id for a different request as `Reused`; nothing is
+//! decided twice. Must never: publish an event before it is durable, answer for a command
+//! whose outcome is not durable, or return an error that hides what was booked (booked pages
+//! are always published and returned).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
 
 use crate::codec::bucket::{bucket, partition_key};
 use crate::codec::{WirePage, encode_records};
@@ -11,27 +19,55 @@ use crate::domain::limits::{
     APPEND_RETRIES_MAX, PAGE_EVENTS_MAX, RECORD_BYTES_MAX, RETRY_DELAY_MS_MAX,
 };
 use crate::domain::{
-    AccountId, AccountState, Command, Event, EventKind, Page, Policy, Rejection, Timestamp, TxnId,
-    decide,
+    AccountId, Command, Decision, Event, Page, Policy, Refusal, Rejection, Timestamp, TxnId,
+    TxnOutcome, decide_run,
 };
 use crate::ports::{
-    Append, AppendError, EventPublisher, EventStore, OutRecord, StoreError, StoredTxn,
+    Append, AppendError, Appended, EventPublisher, EventStore, OutRecord, PageWrite, StoreError,
 };
 use crate::service::metrics::Metrics;
+
+/// Accounts loaded (tip and outcomes) concurrently by one call.
+pub const LOADS_IN_FLIGHT_MAX: usize = 16;
 
 /// What happened to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandOutcome {
     /// Newly booked.
     Booked(Event),
-    /// The transaction id was already booked on this account: here is the original event.
+    /// The txn id was booked before with this same request: the original event.
     Duplicate(Event),
-    Rejected(Rejection),
+    /// Newly refused by the rules; recorded as the id's outcome.
+    Refused(Rejection),
+    /// The txn id was refused before with this same request: the original refusal.
+    ReplayedRefusal(Refusal),
+    /// The txn id already has an outcome for a different request (`field` differs).
+    Reused {
+        field: &'static str,
+        original: Box<TxnOutcome>,
+    },
+    /// Refused before reaching the ledger (an amount outside the policy): not recorded.
+    Invalid(Rejection),
+}
+
+impl CommandOutcome {
+    fn of(decision: Decision) -> CommandOutcome {
+        match decision {
+            Decision::Booked(e) => CommandOutcome::Booked(e),
+            Decision::Refused(r) => CommandOutcome::Refused(r.rejection),
+            Decision::Invalid(r) => CommandOutcome::Invalid(r),
+            Decision::Replayed(TxnOutcome::Booked { event, .. }) => {
+                CommandOutcome::Duplicate(event)
+            }
+            Decision::Replayed(TxnOutcome::Refused(r)) => CommandOutcome::ReplayedRefusal(r),
+            Decision::Reused { field, original } => CommandOutcome::Reused { field, original },
+        }
+    }
 }
 
 /// Why some commands have no outcome. Whatever was booked before the failure stays booked
-/// (and is published); resubmitting the same commands is safe, as a booked transaction id
-/// comes back as a duplicate.
+/// (and is published); resubmitting the same commands is safe, as every decided id comes
+/// back with its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
@@ -47,14 +83,23 @@ pub struct AccountChunk {
     pub commands: Vec<Command>,
 }
 
-/// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, … capped at
-/// [`RETRY_DELAY_MS_MAX`].
-pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    std::time::Duration::from_micros(h.finish() % (ceiling * 1_000) + 1)
+/// What [`CommandService::submit_chunks`] did: per chunk, the outcomes of its first commands
+/// in order — all of them unless `error` is set, in which case the rest have no outcome yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub outcomes: Vec<Vec<CommandOutcome>>,
+    pub error: Option<CommandError>,
+}
+
+impl Submitted {
+    /// Every outcome, or the error if some commands have none (what was booked is then only
+    /// in `outcomes`: prefer matching on the fields where that matters).
+    pub fn into_result(self) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
+        match self.error {
+            None => Ok(self.outcomes),
+            Some(e) => Err(e),
+        }
+    }
 }
 
 /// Backend failures worth another attempt: a throttled or unreachable backend may answer
@@ -63,8 +108,11 @@ pub(crate) fn transient(e: &StoreError) -> bool {
     matches!(e, StoreError::Throttled | StoreError::Unavailable(_))
 }
 
-/// A source of ledger time; injected so tests control it.
+/// A source of ledger time; injected so tests and the simulator control it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The pause before retry `attempt` (1, 2, …); injected so the simulator can seed it.
+pub type Backoff = Arc<dyn Fn(u32) -> Duration + Send + Sync>;
 
 /// The wall clock, as ledger time.
 pub fn system_clock() -> Clock {
@@ -76,6 +124,18 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, … capped at
+/// [`RETRY_DELAY_MS_MAX`]. Racers that retry at once collide again.
+pub fn jittered_backoff() -> Backoff {
+    Arc::new(retry_delay)
+}
+
+/// The jitter comes from [`crate::entropy`], so a simulation replays it from its seed.
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
+    let ceiling = (1u64 << attempt.min(16)).min(RETRY_DELAY_MS_MAX);
+    Duration::from_micros(crate::entropy::next_u64() % (ceiling * 1_000) + 1)
+}
+
 #[derive(Clone)]
 pub struct CommandService<S, P> {
     store: S,
@@ -83,18 +143,87 @@ pub struct CommandService<S, P> {
     policy: Policy,
     buckets: u32,
     clock: Clock,
+    backoff: Backoff,
     metrics: Arc<Metrics>,
 }
 
-/// One chunk's decisions before the append.
-struct Decided {
-    outcomes: Vec<Option<CommandOutcome>>,
-    /// Versions of original events to fetch for duplicate outcomes (index, version).
-    duplicates: Vec<(usize, u64)>,
-    tip: AccountState,
-    events: Vec<Event>,
-    /// Outcome index of each event.
-    event_slots: Vec<usize>,
+/// One chunk's decisions that are not final yet, and the pages that make them final.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Decisions of the chunk's commands from the first one without an outcome.
+    decisions: Vec<Decision>,
+    pages: Vec<PageWrite>,
+    /// Per page: the version it expects the account at (for a page with events), and the
+    /// index in `decisions` of its first entry. Decisions before a page's first entry are
+    /// final once every earlier page is written.
+    expected: Vec<u64>,
+    starts: Vec<usize>,
+}
+
+impl Plan {
+    /// Cuts decisions into pages of at most [`PAGE_EVENTS_MAX`] entries, in order.
+    fn new(decisions: Vec<Decision>, tip_version: u64) -> Plan {
+        let mut plan = Plan {
+            decisions: Vec::new(),
+            pages: Vec::new(),
+            expected: Vec::new(),
+            starts: Vec::new(),
+        };
+        let mut version = tip_version;
+        for (i, d) in decisions.iter().enumerate() {
+            let full = plan.pages.last().is_none_or(|p| p.len() >= PAGE_EVENTS_MAX);
+            if matches!(d, Decision::Booked(_) | Decision::Refused(_)) && full {
+                plan.pages.push(PageWrite::default());
+                plan.expected.push(version);
+                plan.starts.push(i);
+            }
+            match d {
+                Decision::Booked(e) => {
+                    version = e.version;
+                    if let Some(p) = plan.pages.last_mut() {
+                        p.events.push(e.clone());
+                    }
+                }
+                Decision::Refused(r) => {
+                    if let Some(p) = plan.pages.last_mut() {
+                        p.refusals.push(r.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        plan.decisions = decisions;
+        plan
+    }
+
+    /// How many decisions are final once the first `pages` pages are written.
+    fn final_after(&self, pages: usize) -> usize {
+        self.starts
+            .get(pages)
+            .copied()
+            .unwrap_or(self.decisions.len())
+    }
+
+    /// Drops the first `pages` pages and the decisions they made final.
+    fn advance(&mut self, pages: usize) -> (Vec<Decision>, Vec<PageWrite>) {
+        let n = self.final_after(pages);
+        let decided: Vec<Decision> = self.decisions.drain(..n).collect();
+        let written: Vec<PageWrite> = self.pages.drain(..pages).collect();
+        self.expected.drain(..pages);
+        self.starts.drain(..pages);
+        self.starts.iter_mut().for_each(|s| *s -= n);
+        (decided, written)
+    }
+}
+
+/// What to do with a chunk after an append round.
+enum Next {
+    Done,
+    /// Same pages again (a transient failure: they may even have been written).
+    Retry(StoreError),
+    /// Reload and decide again (lost a race).
+    Redecide,
+    Fail(CommandError),
 }
 
 impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
@@ -105,6 +234,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             policy,
             buckets: buckets.max(1),
             clock,
+            backoff: jittered_backoff(),
             metrics: Arc::default(),
         }
     }
@@ -112,6 +242,12 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// Counts appended events into shared metrics.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Replaces the retry pause (the simulator seeds it).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -130,46 +266,40 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 account,
                 commands: vec![command],
             }])
-            .await?;
-        Ok(out
-            .pop()
-            .and_then(|mut v| v.pop())
-            .expect("one chunk of one command gives one outcome"))
+            .await;
+        match (out.error, out.outcomes.pop().and_then(|mut v| v.pop())) {
+            (_, Some(outcome)) => Ok(outcome),
+            (Some(e), None) => Err(e),
+            (None, None) => unreachable!("a chunk without error has every outcome"),
+        }
     }
 
     /// Many accounts at once (each at most once), each chunk's commands in order, chunks
-    /// of any length. Events go to the store in pages of at most [`PAGE_EVENTS_MAX`], all in
-    /// one call; the store applies an account's pages in order. If an account's later page
-    /// loses a race, or the backend throttles it, its earlier pages stand and the rest of
-    /// its commands are reloaded and decided again with jittered backoff (bounded by
-    /// [`APPEND_RETRIES_MAX`]). Whatever was booked is published, even when this returns an
-    /// error; an error means some commands have no outcome, and resubmitting them is safe
-    /// (a booked transaction id comes back as a duplicate).
-    pub async fn submit_chunks(
-        &self,
-        chunks: Vec<AccountChunk>,
-    ) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
+    /// of any length, all accounts' pages in one store call per round. If an account's page
+    /// loses a race, its earlier pages stand and the rest of its commands are reloaded and
+    /// decided again; if the backend fails transiently, the same pages are sent again (a
+    /// page that was in fact written is recognised by the store). Both with jittered
+    /// backoff, bounded by [`APPEND_RETRIES_MAX`]. Whatever was booked is published and its
+    /// outcome returned, even alongside an error.
+    pub async fn submit_chunks(&self, chunks: Vec<AccountChunk>) -> Submitted {
         let mut booked: Vec<Page> = Vec::new();
-        let result = self.book(&chunks, &mut booked).await;
+        let submitted = self.book(&chunks, &mut booked).await;
         Metrics::add(
             &self.metrics.events_appended,
             booked.iter().map(|p| p.events().len() as u64).sum(),
         );
         self.publish(&booked).await;
-        result
+        submitted
     }
 
-    /// The decide/append/retry loop of [`Self::submit_chunks`]; fills `booked` with the
+    /// The plan/append/settle rounds of [`Self::submit_chunks`]; fills `booked` with the
     /// pages it stored.
-    async fn book(
-        &self,
-        chunks: &[AccountChunk],
-        booked: &mut Vec<Page>,
-    ) -> Result<Vec<Vec<CommandOutcome>>, CommandError> {
+    async fn book(&self, chunks: &[AccountChunk], booked: &mut Vec<Page>) -> Submitted {
         let mut done: Vec<Vec<CommandOutcome>> = chunks
             .iter()
             .map(|c| Vec::with_capacity(c.commands.len()))
             .collect();
+        let mut plans: Vec<Option<Plan>> = vec![None; chunks.len()];
         let mut pending: Vec<usize> = (0..chunks.len())
             .filter(|&i| !chunks[i].commands.is_empty())
             .collect();
@@ -178,212 +308,153 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
         let mut attempts = 0;
         while !pending.is_empty() {
             if attempts > APPEND_RETRIES_MAX {
-                return Err(last_failure);
+                return Submitted {
+                    outcomes: done,
+                    error: Some(last_failure),
+                };
             }
             if attempts > 0 {
-                // Racers that retry at once collide again: back off with jitter.
-                tokio::time::sleep(retry_delay(attempts)).await;
+                tokio::time::sleep((self.backoff)(attempts)).await;
             }
             attempts += 1;
             let mut retry = Vec::new();
-            let mut decided = Vec::with_capacity(pending.len());
-            let mut appends = Vec::new();
-            for &i in &pending {
-                let start = done[i].len();
-                let d = match self
-                    .decide_chunk(&chunks[i].account, &chunks[i].commands[start..])
-                    .await
-                {
-                    Ok(d) => d,
-                    Err(CommandError::Store(e)) if transient(&e) => {
+            let mut fatal = None;
+            let unplanned: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| plans[i].is_none())
+                .collect();
+            for (i, planned) in self.plan_all(chunks, &done, &unplanned).await {
+                match planned {
+                    Ok(plan) => plans[i] = Some(plan),
+                    Err(e) if transient(&e) => last_failure = CommandError::Store(e),
+                    Err(e) => {
+                        fatal.get_or_insert(CommandError::Store(e));
+                    }
+                }
+            }
+            retry.extend(pending.iter().copied().filter(|&i| plans[i].is_none()));
+            let results = self.append_planned(chunks, &plans, &pending).await;
+            for (i, result) in results {
+                let plan = plans[i].as_mut().expect("planned chunks have a plan");
+                match settle(&chunks[i].account, plan, result, &mut done[i], booked) {
+                    Next::Done => plans[i] = None,
+                    Next::Retry(e) => {
                         last_failure = CommandError::Store(e);
                         retry.push(i);
-                        continue;
                     }
-                    Err(e) => return Err(e),
-                };
-                let mut expected_version = d.tip.version;
-                for page in d.events.chunks(PAGE_EVENTS_MAX) {
-                    appends.push(Append {
-                        account: chunks[i].account.clone(),
-                        expected_version,
-                        events: page.to_vec(),
-                    });
-                    expected_version = page[page.len() - 1].version;
-                }
-                decided.push((i, d));
-            }
-            let mut results = self.store.append(appends).await.into_iter();
-            let mut fatal: Option<CommandError> = None;
-            for (i, mut d) in decided {
-                let pages = d.events.len().div_ceil(PAGE_EVENTS_MAX);
-                let mut stored_pages = 0;
-                let mut lost = false;
-                for result in results.by_ref().take(pages) {
-                    match result {
-                        Ok(()) if !lost => stored_pages += 1,
-                        Ok(()) => {}
-                        Err(AppendError::Store(e)) if transient(&e) => {
-                            last_failure = CommandError::Store(e);
-                            lost = true;
-                        }
-                        Err(AppendError::Store(e)) => {
-                            fatal.get_or_insert(e.into());
-                            lost = true;
-                        }
-                        Err(
-                            AppendError::Conflict { .. }
-                            | AppendError::DuplicateTxn(_)
-                            | AppendError::TargetReversed(_),
-                        ) => {
-                            last_failure = CommandError::Contended(APPEND_RETRIES_MAX);
-                            lost = true;
-                        }
+                    Next::Redecide => {
+                        plans[i] = None;
+                        last_failure = CommandError::Contended(APPEND_RETRIES_MAX);
+                        retry.push(i);
                     }
-                }
-                let stored_events = (stored_pages * PAGE_EVENTS_MAX).min(d.events.len());
-                // Decisions up to the last stored event's command are final; with no stored
-                // event and a lost race, nothing is (they were made on a stale tip).
-                let final_commands = if !lost {
-                    d.outcomes.len()
-                } else if stored_events == 0 {
-                    0
-                } else {
-                    d.event_slots[stored_events - 1] + 1
-                };
-                for (event, &slot) in d.events.iter().zip(&d.event_slots).take(stored_events) {
-                    d.outcomes[slot] = Some(CommandOutcome::Booked(event.clone()));
-                }
-                if stored_events > 0 {
-                    let page = Page::new(
-                        chunks[i].account.clone(),
-                        d.events[..stored_events].to_vec(),
-                    )
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    booked.push(page);
-                }
-                d.outcomes.truncate(final_commands);
-                d.duplicates.retain(|(slot, _)| *slot < final_commands);
-                match self.finish(&chunks[i].account, d).await {
-                    Ok(outcomes) => done[i].extend(outcomes),
-                    Err(e) => {
+                    Next::Fail(e) => {
+                        plans[i] = None;
                         fatal.get_or_insert(e);
                     }
-                }
-                if done[i].len() < chunks[i].commands.len() {
-                    retry.push(i);
                 }
             }
             // Every account's stored pages are in `booked` (and get published) before a
             // failure that retrying cannot fix is returned.
-            if let Some(e) = fatal {
-                return Err(e);
+            if fatal.is_some() {
+                return Submitted {
+                    outcomes: done,
+                    error: fatal,
+                };
             }
             pending = retry;
         }
-        Ok(done)
+        Submitted {
+            outcomes: done,
+            error: None,
+        }
     }
 
-    /// Decides a chunk against the stored tip and markers, without writing.
-    async fn decide_chunk(
+    /// One store call with the pages of every planned chunk of `pending`; one result per
+    /// planned chunk (a chunk whose plan writes nothing, only replays, settles without one).
+    async fn append_planned(
+        &self,
+        chunks: &[AccountChunk],
+        plans: &[Option<Plan>],
+        pending: &[usize],
+    ) -> Vec<(usize, Appended)> {
+        let (writing, settled): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .copied()
+            .filter(|&i| plans[i].is_some())
+            .partition(|&i| plans[i].as_ref().is_some_and(|p| !p.pages.is_empty()));
+        let appends = writing
+            .iter()
+            .filter_map(|&i| {
+                let plan = plans[i].as_ref()?;
+                Some(Append {
+                    account: chunks[i].account.clone(),
+                    expected_version: plan.expected.first().copied().unwrap_or(0),
+                    pages: plan.pages.clone(),
+                })
+            })
+            .collect();
+        let mut results = self.store.append(appends).await.into_iter();
+        let mut out: Vec<(usize, Appended)> = writing
+            .into_iter()
+            .map(|i| {
+                let r = results.next().unwrap_or_else(|| {
+                    Appended::failed(AppendError::Store(StoreError::Unavailable(
+                        "the store returned fewer results than appends".into(),
+                    )))
+                });
+                (i, r)
+            })
+            .collect();
+        out.extend(settled.into_iter().map(|i| {
+            let nothing = Appended {
+                pages: 0,
+                error: None,
+            };
+            (i, nothing)
+        }));
+        out
+    }
+
+    /// Loads and decides the undecided rest of each chunk in `which`, accounts concurrently
+    /// (at most [`LOADS_IN_FLIGHT_MAX`] loads in flight).
+    async fn plan_all(
+        &self,
+        chunks: &[AccountChunk],
+        done: &[Vec<CommandOutcome>],
+        which: &[usize],
+    ) -> Vec<(usize, Result<Plan, StoreError>)> {
+        let now = (self.clock)();
+        stream::iter(which.iter().copied())
+            .map(|i| {
+                let commands = &chunks[i].commands[done[i].len()..];
+                async move { (i, self.plan(&chunks[i].account, commands, now).await) }
+            })
+            .buffered(LOADS_IN_FLIGHT_MAX)
+            .collect()
+            .await
+    }
+
+    /// Decides `commands` against the stored tip and outcomes, without writing.
+    async fn plan(
         &self,
         account: &AccountId,
         commands: &[Command],
-    ) -> Result<Decided, CommandError> {
+        now: Timestamp,
+    ) -> Result<Plan, StoreError> {
         let mut ids: Vec<TxnId> = Vec::with_capacity(commands.len() * 2);
         for c in commands {
             ids.push(c.txn_id().clone());
             ids.extend(c.reverses().cloned());
         }
         let (tip, found) = self.store.load(account, &ids).await?;
-        // Stored markers, overlaid below by what this chunk decides.
-        let mut local: HashMap<&str, StoredTxn> = HashMap::new();
-        for (id, marker) in ids.iter().zip(found) {
-            if let Some(m) = marker {
-                local.insert(id.as_str(), m);
-            }
-        }
-        let mut state = tip;
-        let mut d = Decided {
-            outcomes: vec![None; commands.len()],
-            duplicates: Vec::new(),
-            tip,
-            events: Vec::new(),
-            event_slots: Vec::new(),
-        };
-        let now = (self.clock)();
-        for (slot, command) in commands.iter().enumerate() {
-            let txn = command.txn_id();
-            let known = local.get(txn.as_str()).copied();
-            if let Some(original) = known {
-                match d.events.iter().find(|e| e.version == original.version) {
-                    Some(e) => d.outcomes[slot] = Some(CommandOutcome::Duplicate(e.clone())),
-                    None => d.duplicates.push((slot, original.version)),
-                }
-                continue;
-            }
-            let target = command
-                .reverses()
-                .and_then(|t| local.get(t.as_str()).copied());
-            match decide(
-                &state,
-                command,
-                target.as_ref().map(|t| &t.record),
-                now,
-                &self.policy,
-            ) {
-                Ok(events) => {
-                    for event in events {
-                        if let (EventKind::Reversed { .. }, Some(reverses), Some(mut t)) =
-                            (&event.kind, command.reverses(), target)
-                        {
-                            t.record.reversed = true;
-                            local.insert(reverses.as_str(), t);
-                        }
-                        let record = event
-                            .txn_record(false)
-                            .expect("decided events have valid deltas");
-                        local.insert(
-                            txn.as_str(),
-                            StoredTxn {
-                                version: event.version,
-                                record,
-                            },
-                        );
-                        state = AccountState::after(&event);
-                        d.event_slots.push(slot);
-                        d.events.push(event);
-                    }
-                }
-                Err(rejection) => d.outcomes[slot] = Some(CommandOutcome::Rejected(rejection)),
-            }
-        }
-        Ok(d)
-    }
-
-    /// Fills duplicate outcomes with the original events.
-    async fn finish(
-        &self,
-        account: &AccountId,
-        mut d: Decided,
-    ) -> Result<Vec<CommandOutcome>, CommandError> {
-        for (slot, version) in std::mem::take(&mut d.duplicates) {
-            let original = self
-                .store
-                .read(account, version, version)
-                .await?
-                .pop()
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "marker of {account} points at missing version {version}"
-                    ))
-                })?;
-            d.outcomes[slot] = Some(CommandOutcome::Duplicate(original));
-        }
-        Ok(d.outcomes
+        let mut outcomes: HashMap<TxnId, TxnOutcome> = ids
             .into_iter()
-            .map(|o| o.expect("every command has an outcome"))
-            .collect())
+            .zip(found)
+            .filter_map(|(id, o)| Some((id, o?)))
+            .collect();
+        let (decisions, _) = decide_run(tip, &mut outcomes, commands, now, &self.policy);
+        Ok(Plan::new(decisions, tip.version))
     }
 
     /// Publishes booked pages, aggregated by bucket. A failure is logged, not returned: the
@@ -418,5 +489,48 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 tracing::warn!(error = %e, "publish failed after retries; catch-up will project the events")
             }
         }
+    }
+}
+
+/// Takes what one account's append wrote: the decisions it made final become outcomes, the
+/// pages it wrote go to `booked`; says what to do with the rest.
+fn settle(
+    account: &AccountId,
+    plan: &mut Plan,
+    result: Appended,
+    done: &mut Vec<CommandOutcome>,
+    booked: &mut Vec<Page>,
+) -> Next {
+    let written = result.pages.min(plan.pages.len());
+    let (decided, pages) = plan.advance(written);
+    done.extend(decided.into_iter().map(CommandOutcome::of));
+    let events: Vec<Event> = pages.into_iter().flat_map(|p| p.events).collect();
+    if !events.is_empty() {
+        match Page::new(account.clone(), events) {
+            Ok(page) => booked.push(page),
+            Err(e) => return Next::Fail(StoreError::Corrupt(e.to_string()).into()),
+        }
+    }
+    match result.error {
+        None if plan.pages.is_empty() => {
+            // Decisions after the last page (replays, reuses) are final too.
+            let (rest, _) = plan.advance(0);
+            done.extend(rest.into_iter().map(CommandOutcome::of));
+            Next::Done
+        }
+        None => Next::Fail(
+            StoreError::Unavailable(format!(
+                "the store wrote {written} of {} pages of {account} without an error",
+                written + plan.pages.len()
+            ))
+            .into(),
+        ),
+        Some(AppendError::Store(e)) if transient(&e) => Next::Retry(e),
+        Some(AppendError::Store(e)) => Next::Fail(e.into()),
+        Some(
+            AppendError::Conflict { .. }
+            | AppendError::DuplicateTxn(_)
+            | AppendError::TargetReversed(_),
+        ) => Next::Redecide,
     }
 }

@@ -1,15 +1,19 @@
 //! Bulk ingestion: stream rows (constant memory), validate each, group a window of rows by
 //! account, and run them through the command service in per-account chunks, all accounts
-//! of a window in one store transaction. Commands of one account keep file order. Every row
-//! that is not booked — invalid, rejected by the rules — is written to the rejects sink with
-//! its line number and reason.
+//! of a window in one store call. Commands of one account keep file order. Every row that is
+//! not booked — invalid, refused, a replayed refusal, a reused id — goes to the rejects sink
+//! with its line number, outcome and reason.
+//!
+//! Must never: stop without saying which rows have outcomes. Either nothing is booked and the
+//! error says why (an unreadable header), or every row read is accounted for: booked,
+//! duplicate, refused, … or `unprocessed` (after a backend failure; rerunning is safe).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::codec::rows::{Row, RowError, RowReader};
-use crate::domain::AccountId;
+use crate::domain::{AccountId, describe_reuse};
 use crate::ports::{EventPublisher, EventStore};
 use crate::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
 
@@ -17,18 +21,25 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 /// that one store transaction carries many accounts.
 pub const INGEST_WINDOW_ROWS: usize = 65_536;
 
-/// What an ingestion did.
+/// What an ingestion did, row by row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestSummary {
+    /// Rows read (valid or not).
     pub rows: u64,
     /// Newly booked.
     pub accepted: u64,
-    /// Transaction ids already booked (a file sent twice, overlapping files): not booked again.
+    /// Txn ids already booked with the same request (a file sent twice, overlapping files).
     pub duplicates: u64,
-    /// Valid rows refused by the rules (insufficient funds, unknown reversal target, …).
-    pub rejected: u64,
-    /// Rows that are not valid transactions (bad field, missing value).
+    /// Newly refused by the rules (insufficient funds, unknown reversal target, …).
+    pub refused: u64,
+    /// Txn ids refused before with the same request: the same refusal again.
+    pub replayed_refusals: u64,
+    /// Txn ids already used for a different request: refused, nothing booked.
+    pub reused: u64,
+    /// Rows that are not valid transactions (bad field, missing value, amount out of range).
     pub invalid: u64,
+    /// Rows read that have no outcome because ingestion stopped early.
+    pub unprocessed: u64,
     pub elapsed: Duration,
 }
 
@@ -38,24 +49,43 @@ impl IngestSummary {
     }
 }
 
+/// Why ingestion stopped before the end of the input.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub enum StopCause {
     #[error("{0}")]
-    Input(RowError),
+    Read(RowError),
+    #[error(transparent)]
+    Command(CommandError),
     #[error("cannot write the rejects file: {0}")]
     Rejects(std::io::Error),
-    #[error(transparent)]
-    Command(#[from] CommandError),
 }
 
-/// Where refused rows go, as CSV: `line,txn_id,account,field,reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The input cannot be read at all (e.g. a bad header): nothing was booked.
+    #[error("{0}")]
+    Input(RowError),
+    /// Stopped at `line`, the first row without an outcome: rows before it, and whatever
+    /// `summary` counts, have their outcomes; the rest have none yet. Rerunning is safe.
+    #[error("stopped at line {line}: {cause}")]
+    Stopped {
+        summary: IngestSummary,
+        line: u64,
+        cause: StopCause,
+    },
+}
+
+/// Where rows that were not booked go, as CSV: `line,txn_id,account,outcome,field,reason`.
 pub struct Rejects<W: Write> {
     out: W,
 }
 
+/// The `outcome` column of the rejects file.
+pub const REJECT_OUTCOMES: [&str; 4] = ["invalid", "refused", "replayed_refusal", "reused"];
+
 impl<W: Write> Rejects<W> {
     pub fn new(mut out: W) -> std::io::Result<Rejects<W>> {
-        writeln!(out, "line,txn_id,account,field,reason")?;
+        writeln!(out, "line,txn_id,account,outcome,field,reason")?;
         Ok(Rejects { out })
     }
 
@@ -64,13 +94,13 @@ impl<W: Write> Rejects<W> {
         line: u64,
         txn: &str,
         account: &str,
-        field: &str,
-        reason: &str,
+        what: [&str; 3],
     ) -> std::io::Result<()> {
         let mut w = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(&mut self.out);
-        w.write_record([line.to_string().as_str(), txn, account, field, reason])
+        let line = line.to_string();
+        w.write_record([line.as_str(), txn, account, what[0], what[1], what[2]])
             .map_err(std::io::Error::other)?;
         w.flush()
     }
@@ -80,45 +110,196 @@ impl<W: Write> Rejects<W> {
     }
 }
 
-/// Ingests every row of `rows`. `progress` is called with the rows done so far.
-pub async fn ingest<R: Read, S: EventStore, P: EventPublisher, W: Write>(
+/// One window as the reader thread hands it over: valid rows, invalid rows (in line order),
+/// and whether the input ended with an error that stops reading.
+struct Window {
+    rows: Vec<Row>,
+    invalid: Vec<RowError>,
+    fatal: Option<RowError>,
+}
+
+/// Windows read ahead while the previous one is decided and committed: bounds memory to
+/// this many windows plus the one in flight.
+const WINDOWS_AHEAD_MAX: usize = 1;
+
+/// Reads the next window of `rows`; `None` once the input is done. The last window may be
+/// empty (the input ended exactly at a window's end) or carry the error that stops reading.
+fn next_window<R: Read>(rows: &mut RowReader<R>, done: &mut bool) -> Option<Window> {
+    if *done {
+        return None;
+    }
+    let mut window = Window {
+        rows: Vec::with_capacity(INGEST_WINDOW_ROWS),
+        invalid: Vec::new(),
+        fatal: None,
+    };
+    while window.rows.len() + window.invalid.len() < INGEST_WINDOW_ROWS {
+        match rows.next() {
+            Some(Ok(row)) => window.rows.push(row),
+            Some(Err(e)) if e.fatal => {
+                window.fatal = Some(e);
+                *done = true;
+                return Some(window);
+            }
+            Some(Err(e)) => window.invalid.push(e),
+            None => {
+                *done = true;
+                return Some(window);
+            }
+        }
+    }
+    Some(window)
+}
+
+/// Where the windows come from.
+enum Windows<R: Read> {
+    /// Read ahead on a thread of its own: parsing window N+1 overlaps deciding and
+    /// committing window N (the CLI and HTTP path).
+    Ahead {
+        windows: tokio::sync::mpsc::Receiver<Window>,
+        reader: std::thread::JoinHandle<()>,
+    },
+    /// Read on the calling task when needed: no thread, so a simulation under paused time
+    /// replays (a reader thread's pace is real time, and would decide what a waiting task
+    /// sees when the simulated clock moves on).
+    Inline { rows: RowReader<R>, done: bool },
+}
+
+impl<R: Read + Send + 'static> Windows<R> {
+    fn ahead(mut rows: RowReader<R>) -> Result<Windows<R>, IngestError> {
+        let (tx, windows) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
+        let reader = std::thread::Builder::new()
+            .name("tally-read".into())
+            .spawn(move || {
+                let mut done = false;
+                while let Some(window) = next_window(&mut rows, &mut done) {
+                    if tx.blocking_send(window).is_err() {
+                        return; // the receiver is gone
+                    }
+                }
+            })
+            .map_err(|e| {
+                IngestError::Input(RowError {
+                    line: 0,
+                    field: None,
+                    message: format!("cannot start the reader thread: {e}"),
+                    fatal: true,
+                })
+            })?;
+        Ok(Windows::Ahead { windows, reader })
+    }
+
+    async fn next(&mut self) -> Option<Window> {
+        match self {
+            Windows::Ahead { windows, .. } => windows.recv().await,
+            Windows::Inline { rows, done } => next_window(rows, done),
+        }
+    }
+
+    fn finish(self) {
+        if let Windows::Ahead { windows, reader } = self {
+            drop(windows);
+            let _ = reader.join(); // it has sent its last window, or stops at its next send
+        }
+    }
+}
+
+/// Ingests every row of `rows`. `progress` is called with the rows done so far. Reads
+/// ahead on a thread of its own.
+pub async fn ingest<R, S, P, W>(
     rows: RowReader<R>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
-    mut progress: impl FnMut(u64),
-) -> Result<IngestSummary, IngestError> {
-    let started = Instant::now();
-    let mut summary = IngestSummary::default();
-    let mut window: Vec<Row> = Vec::with_capacity(INGEST_WINDOW_ROWS);
-    for item in rows {
-        summary.rows += 1;
-        match item {
-            Ok(row) => window.push(row),
-            Err(e) if e.fatal => return Err(IngestError::Input(e)),
-            Err(e) => {
-                summary.invalid += 1;
-                rejects
-                    .write(e.line, "", "", e.field.unwrap_or(""), &e.message)
-                    .map_err(IngestError::Rejects)?;
-            }
-        }
-        if window.len() >= INGEST_WINDOW_ROWS {
-            submit_window(std::mem::take(&mut window), service, rejects, &mut summary).await?;
-            progress(summary.rows);
-        }
-    }
-    submit_window(window, service, rejects, &mut summary).await?;
-    progress(summary.rows);
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    progress: impl FnMut(u64),
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
+    ingest_from(Windows::ahead(rows)?, service, rejects, progress).await
 }
 
+/// [`ingest`] without the reader thread: each window is read on the calling task. For the
+/// simulator, whose runs must replay from their seed.
+pub async fn ingest_inline<R, S, P, W>(
+    rows: RowReader<R>,
+    service: &CommandService<S, P>,
+    rejects: &mut Rejects<W>,
+    progress: impl FnMut(u64),
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
+    let windows = Windows::Inline { rows, done: false };
+    ingest_from(windows, service, rejects, progress).await
+}
+
+async fn ingest_from<R, S, P, W>(
+    mut windows: Windows<R>,
+    service: &CommandService<S, P>,
+    rejects: &mut Rejects<W>,
+    mut progress: impl FnMut(u64),
+) -> Result<IngestSummary, IngestError>
+where
+    R: Read + Send + 'static,
+    S: EventStore,
+    P: EventPublisher,
+    W: Write,
+{
+    let started = Instant::now();
+    let mut summary = IngestSummary::default();
+    let mut read_error = None;
+    while let Some(window) = windows.next().await {
+        summary.rows += (window.rows.len() + window.invalid.len()) as u64;
+        for e in &window.invalid {
+            summary.invalid += 1;
+            let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
+            if let Err(io) = rejects.write(e.line, "", "", what) {
+                return Err(stop(summary, started, e.line, StopCause::Rejects(io)));
+            }
+        }
+        if let Err((line, cause)) = submit_window(window.rows, service, rejects, &mut summary).await
+        {
+            return Err(stop(summary, started, line, cause));
+        }
+        progress(summary.rows);
+        if window.fatal.is_some() {
+            read_error = window.fatal;
+            break;
+        }
+    }
+    windows.finish();
+    summary.elapsed = started.elapsed();
+    match read_error {
+        Some(e) => Err(stop(summary, started, e.line, StopCause::Read(e))),
+        None => Ok(summary),
+    }
+}
+
+fn stop(mut summary: IngestSummary, started: Instant, line: u64, cause: StopCause) -> IngestError {
+    summary.elapsed = started.elapsed();
+    IngestError::Stopped {
+        summary,
+        line,
+        cause,
+    }
+}
+
+/// Submits one window; on failure, the first line without an outcome and why.
 async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     window: Vec<Row>,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     summary: &mut IngestSummary,
-) -> Result<(), IngestError> {
+) -> Result<(), (u64, StopCause)> {
+    if window.is_empty() {
+        return Ok(());
+    }
     // Group by account, first-appearance order, each account's rows in file order.
     let mut index: HashMap<AccountId, usize> = HashMap::new();
     let mut queues: Vec<(AccountId, Vec<Row>)> = Vec::new();
@@ -129,30 +310,80 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
         });
         queues[i].1.push(row);
     }
-    let lines: Vec<Vec<Row>> = queues.iter_mut().map(|(_, q)| std::mem::take(q)).collect();
     let chunks = queues
         .iter()
-        .zip(&lines)
-        .map(|((account, _), rows)| AccountChunk {
+        .map(|(account, rows)| AccountChunk {
             account: account.clone(),
             commands: rows.iter().map(|r| r.command.clone()).collect(),
         })
         .collect();
-    let outcomes = service.submit_chunks(chunks).await?;
-    for (rows, outcomes) in lines.iter().zip(outcomes) {
+    let submitted = service.submit_chunks(chunks).await;
+    let mut first_unprocessed: Option<u64> = None;
+    let mut write_error = None;
+    for ((_, rows), outcomes) in queues.iter().zip(&submitted.outcomes) {
         for (row, outcome) in rows.iter().zip(outcomes) {
-            match outcome {
-                CommandOutcome::Booked(_) => summary.accepted += 1,
-                CommandOutcome::Duplicate(_) => summary.duplicates += 1,
-                CommandOutcome::Rejected(r) => {
-                    summary.rejected += 1;
-                    let (txn, account) = (row.command.txn_id().as_str(), row.account.as_str());
-                    rejects
-                        .write(row.line, txn, account, "", &r.to_string())
-                        .map_err(IngestError::Rejects)?;
-                }
+            if let Err(e) = count(row, outcome, rejects, summary) {
+                write_error.get_or_insert((row.line, e));
             }
         }
+        for row in &rows[outcomes.len().min(rows.len())..] {
+            summary.unprocessed += 1;
+            first_unprocessed = Some(first_unprocessed.map_or(row.line, |l| l.min(row.line)));
+        }
     }
-    Ok(())
+    if let Some(error) = submitted.error {
+        let line = first_unprocessed.unwrap_or(0);
+        return Err((line, StopCause::Command(error)));
+    }
+    match write_error {
+        Some((line, e)) => Err((line, StopCause::Rejects(e))),
+        None => Ok(()),
+    }
+}
+
+/// Counts one row's outcome, and writes it to the rejects sink unless it was booked.
+fn count<W: Write>(
+    row: &Row,
+    outcome: &CommandOutcome,
+    rejects: &mut Rejects<W>,
+    summary: &mut IngestSummary,
+) -> std::io::Result<()> {
+    let (txn, account) = (row.command.txn_id().as_str(), row.account.as_str());
+    let (outcome, field, reason) = match outcome {
+        CommandOutcome::Booked(_) => {
+            summary.accepted += 1;
+            return Ok(());
+        }
+        CommandOutcome::Duplicate(_) => {
+            summary.duplicates += 1;
+            return Ok(());
+        }
+        CommandOutcome::Refused(r) => {
+            summary.refused += 1;
+            ("refused", r.field(), r.to_string())
+        }
+        CommandOutcome::ReplayedRefusal(r) => {
+            summary.replayed_refusals += 1;
+            (
+                "replayed_refusal",
+                r.rejection.field(),
+                r.rejection.to_string(),
+            )
+        }
+        CommandOutcome::Reused { field, original } => {
+            summary.reused += 1;
+            let reason = describe_reuse(field, &original.command(), &row.command);
+            ("reused", Some(*field), reason)
+        }
+        CommandOutcome::Invalid(r) => {
+            summary.invalid += 1;
+            ("invalid", r.field(), r.to_string())
+        }
+    };
+    rejects.write(
+        row.line,
+        txn,
+        account,
+        [outcome, field.unwrap_or(""), &reason],
+    )
 }

@@ -3,7 +3,8 @@
 //! failed, a crash before catch-up) is completed from the event store before it is served,
 //! so a client always reads its own acknowledged writes.
 
-use crate::domain::{AccountId, Effect, Event, Money, Snapshot, Timestamp};
+use crate::domain::limits::SEGMENT_EVENTS;
+use crate::domain::{AccountId, Effect, Event, Money, Segment, Snapshot, Timestamp};
 use crate::ports::{EventStore, SnapshotStore, StoreError};
 use crate::service::projector::fold_group;
 
@@ -72,7 +73,14 @@ impl<E: EventStore, S: SnapshotStore> QueryService<E, S> {
             .await
     }
 
-    /// The balance as of business time `at`; `None` for an unknown account.
+    /// The balance as of business time `at` (every event whose `occurred_at` is at or before
+    /// it); `None` for an unknown account.
+    ///
+    /// Bounded work and memory at any account size when events arrive roughly in business
+    /// time order: one summary per complete segment of [`SEGMENT_EVENTS`] versions, plus the
+    /// events of the segments that straddle `at` and of the unsummarized tail, read a
+    /// segment at a time. (Backdated events make more segments straddle `at`; memory stays
+    /// bounded, the time grows with them.)
     pub async fn balance_at(
         &self,
         account: &AccountId,
@@ -82,27 +90,84 @@ impl<E: EventStore, S: SnapshotStore> QueryService<E, S> {
         if tip.version == 0 {
             return Ok(None);
         }
-        let mut sum: i128 = 0;
-        let mut events = 0;
-        for e in self.events.read(account, 1, tip.version).await? {
-            if e.occurred_at <= at {
-                let delta = e
-                    .kind
-                    .delta()
-                    .ok_or_else(|| StoreError::Corrupt("impossible delta".into()))?;
-                sum += i128::from(delta.minor());
-                events += 1;
+        let mut total = Sum::default();
+        // Versions before `next` are counted.
+        let mut next = 1;
+        'summaries: loop {
+            let index = (next - 1) / SEGMENT_EVENTS;
+            let segments = self
+                .events
+                .segments(account, index, SEGMENTS_PAGE_MAX)
+                .await?;
+            let full = segments.len() == SEGMENTS_PAGE_MAX;
+            for segment in segments {
+                let (first, last) = Segment::versions(segment.index);
+                if first != next || last > tip.version {
+                    break 'summaries; // a missing summary: read events from here on
+                }
+                match segment.contribution(at) {
+                    Some(net) => total.net += net,
+                    None => total.add(&self.events.read(account, first, last).await?, at)?,
+                }
+                total.events_summarized(&segment, at);
+                next = last + 1;
             }
+            if !full {
+                break;
+            }
+        }
+        while next <= tip.version {
+            let last = next.saturating_add(SEGMENT_EVENTS - 1).min(tip.version);
+            let events = self.events.read(account, next, last).await?;
+            if events.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "{account} lacks events {next}..={last}"
+                )));
+            }
+            total.add(&events, at)?;
+            next = last + 1;
         }
         // Any prefix of booked deltas in business-time order may exceed i64 in theory
         // (reversals are booked later); report it rather than wrap.
-        let balance = i64::try_from(sum).map_err(|_| {
+        let balance = i64::try_from(total.net).map_err(|_| {
             StoreError::Corrupt(format!("balance of {account} at {at} exceeds i64"))
         })?;
         Ok(Some(PointInTime {
             at,
             balance: Money(balance),
-            events,
+            events: total.events,
         }))
+    }
+}
+
+/// Summaries read per store call.
+const SEGMENTS_PAGE_MAX: usize = 1_000;
+
+/// What a point-in-time read has counted so far.
+#[derive(Default)]
+struct Sum {
+    net: i128,
+    /// Events at or before the instant (exact for read events; for a summarized segment,
+    /// its whole count when it lies entirely before the instant).
+    events: u64,
+}
+
+impl Sum {
+    fn add(&mut self, events: &[Event], at: Timestamp) -> Result<(), StoreError> {
+        for e in events.iter().filter(|e| e.occurred_at <= at) {
+            let delta = e
+                .kind
+                .delta()
+                .ok_or_else(|| StoreError::Corrupt("impossible delta".into()))?;
+            self.net += i128::from(delta.minor());
+            self.events += 1;
+        }
+        Ok(())
+    }
+
+    fn events_summarized(&mut self, segment: &Segment, at: Timestamp) {
+        if segment.latest <= at {
+            self.events += SEGMENT_EVENTS;
+        }
     }
 }

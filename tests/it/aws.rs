@@ -9,10 +9,10 @@ use tally::adapters::aws::AwsConfig;
 use tally::adapters::aws::dynamodb::DynamoStore;
 use tally::adapters::embedded::stream::{EmbeddedStream, Mapping, spawn_consumers};
 use tally::codec::rows::{Format, RowReader};
-use tally::domain::{
-    AccountId, AccountState, Command, Event, EventKind, Money, Policy, Timestamp, TxnId,
+use tally::domain::{AccountId, Command, Event, EventKind, Money, Policy, Timestamp, TxnId};
+use tally::ports::{
+    Append, AppendError, EventStore, PageWrite, SnapshotError, SnapshotPut, SnapshotStore,
 };
-use tally::ports::{Append, AppendError, EventStore, SnapshotError, SnapshotPut, SnapshotStore};
 use tally::service::audit;
 use tally::service::command::{CommandOutcome, CommandService};
 use tally::service::ingest::{Rejects, ingest};
@@ -20,9 +20,15 @@ use tally::service::metrics::Metrics;
 use tally::service::projector::Projector;
 
 use crate::harness::txn;
+use crate::store_contract;
 
 /// The store on fresh tables, or `None` (and a note on stderr) without DynamoDB Local.
 pub(crate) async fn store(test: &str) -> Option<DynamoStore> {
+    store_with_ttl(test, None).await
+}
+
+/// The same, with markers kept for `ttl_secs` (an operator's opt-in).
+pub(crate) async fn store_with_ttl(test: &str, ttl_secs: Option<u64>) -> Option<DynamoStore> {
     let Ok(endpoint) = std::env::var("TALLY_TEST_DYNAMODB_ENDPOINT") else {
         // Written past libtest's capture on purpose, so a plain `cargo test` shows it.
         use std::io::Write;
@@ -46,7 +52,7 @@ pub(crate) async fn store(test: &str) -> Option<DynamoStore> {
         events_table: format!("tally-events-{suffix}"),
         balances_table: format!("tally-balances-{suffix}"),
         quarantine_table: format!("tally-quarantine-{suffix}"),
-        marker_ttl_secs: Some(86_400 * 400),
+        marker_ttl_secs: ttl_secs,
     };
     let store = DynamoStore::new(client, config);
     store
@@ -131,141 +137,109 @@ fn at() -> Timestamp {
     Timestamp::from_millis(1_793_523_600_000).unwrap()
 }
 
-fn deposit(version: u64, id: &str, amount: i64, balance: i64) -> Event {
-    Event {
-        version,
-        txn_id: txn(id),
-        kind: EventKind::Deposited {
-            amount: Money(amount),
-        },
-        occurred_at: at(),
-        recorded_at: at(),
-        balance: Money(balance),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_conditions_tell_conflicts_duplicates_and_reversed_targets_apart() {
+    if let Some(store) = store("appends").await {
+        store_contract::conditions_tell_conflicts_duplicates_and_reversed_targets_apart(store)
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conditional_appends_tell_conflicts_duplicates_and_reversed_targets_apart() {
-    let Some(store) = store("appends").await else {
+async fn dynamodb_an_accounts_pages_stop_at_the_first_failure() {
+    if let Some(store) = store("prefix").await {
+        store_contract::an_accounts_pages_stop_at_the_first_failure(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_retried_page_succeeds_again_and_writes_once() {
+    if let Some(store) = store("retry").await {
+        store_contract::a_retried_page_succeeds_again_and_writes_once(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_refusals_are_outcomes_even_without_events() {
+    if let Some(store) = store("refusals").await {
+        store_contract::refusals_are_outcomes_even_without_events(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_page_that_does_not_continue_its_versions_is_refused() {
+    if let Some(store) = store("shape").await {
+        store_contract::a_page_that_does_not_continue_its_versions_is_refused(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_point_in_time_reads_agree_with_every_event() {
+    if let Some(store) = store("pit").await {
+        store_contract::point_in_time_reads_agree_with_every_event(store).await;
+    }
+}
+
+/// With an operator's TTL, an expired marker DynamoDB has not deleted yet counts as deleted:
+/// the id may be decided again, and the transaction can no longer be reversed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it() {
+    let Some(store) = store_with_ttl("ttl", Some(86_400)).await else {
         return;
     };
-    let acct = AccountId::new("acct-1").unwrap();
-    let page = |expected_version, events| Append {
+    // Booked "at()" (2026-11-01) with a one-day TTL: expired now, but still in the table.
+    let acct = AccountId::new("ttl-1").unwrap();
+    let booked = Append {
         account: acct.clone(),
-        expected_version,
-        events,
+        expected_version: 0,
+        pages: vec![PageWrite {
+            events: vec![store_contract::deposit(1, "d1", 100, 100)],
+            refusals: vec![],
+        }],
     };
-    assert_eq!(
-        store
-            .append(vec![page(
-                0,
-                vec![deposit(1, "d1", 100, 100), deposit(2, "d2", 50, 150)]
-            )])
-            .await,
-        vec![Ok(())]
-    );
-    assert_eq!(
-        store.tip(&acct).await.unwrap(),
-        AccountState {
-            version: 2,
-            balance: Money(150)
-        }
-    );
-
-    // A second writer that decided on the old tip collides on the page key.
-    let stale = store
-        .append(vec![page(0, vec![deposit(1, "x1", 5, 5)])])
-        .await;
-    assert_eq!(stale, vec![Err(AppendError::Conflict { current: 2 })]);
-    // A repeated transaction id is told apart from a version conflict.
-    let dup = store
-        .append(vec![page(2, vec![deposit(3, "d1", 7, 157)])])
-        .await;
-    assert_eq!(dup, vec![Err(AppendError::DuplicateTxn(txn("d1")))]);
-    assert_eq!(
-        store.tip(&acct).await.unwrap().version,
-        2,
-        "a refused append wrote nothing"
-    );
-
-    // A reversal flips its target; a second reversal of it is refused.
-    let rev = |version, id: &str, balance| Event {
-        version,
-        txn_id: txn(id),
+    assert_eq!(store.append(vec![booked]).await[0].error, None);
+    assert_eq!(store.txn(&acct, &txn("d1")).await.unwrap(), None);
+    let (tip, found) = store.load(&acct, &[txn("d1")]).await.unwrap();
+    assert_eq!((tip.version, found), (1, vec![None]));
+    // Reversing it is refused by the store's condition, as for an unknown target.
+    let reversal = Event {
+        version: 2,
+        txn_id: txn("r1"),
         kind: EventKind::Reversed {
-            reverses: txn("d2"),
-            delta: Money(-50),
+            reverses: txn("d1"),
+            delta: Money(-100),
         },
         occurred_at: at(),
-        recorded_at: at(),
-        balance: Money(balance),
+        recorded_at: Timestamp::from_millis(1_900_000_000_000).unwrap(),
+        balance: Money(0),
     };
+    let result = store
+        .append(vec![Append {
+            account: acct.clone(),
+            expected_version: 1,
+            pages: vec![PageWrite {
+                events: vec![reversal],
+                refusals: vec![],
+            }],
+        }])
+        .await;
     assert_eq!(
-        store.append(vec![page(2, vec![rev(3, "r1", 100)])]).await,
-        vec![Ok(())]
+        result[0].error,
+        Some(AppendError::TargetReversed(txn("d1")))
     );
-    assert!(
-        store
-            .txn(&acct, &txn("d2"))
-            .await
-            .unwrap()
-            .unwrap()
-            .record
-            .reversed
-    );
-    let again = store.append(vec![page(3, vec![rev(4, "r2", 50)])]).await;
-    assert_eq!(again, vec![Err(AppendError::TargetReversed(txn("d2")))]);
-
-    // A target booked and reversed within one page is written reversed.
-    let same_page = vec![
-        deposit(4, "d4", 10, 110),
-        Event {
-            version: 5,
-            txn_id: txn("r4"),
-            kind: EventKind::Reversed {
-                reverses: txn("d4"),
-                delta: Money(-10),
-            },
-            occurred_at: at(),
-            recorded_at: at(),
-            balance: Money(100),
-        },
-    ];
-    assert_eq!(store.append(vec![page(3, same_page)]).await, vec![Ok(())]);
-    assert!(
-        store
-            .txn(&acct, &txn("d4"))
-            .await
-            .unwrap()
-            .unwrap()
-            .record
-            .reversed
-    );
-
-    let (tip, markers) = store
-        .load(&acct, &[txn("d1"), txn("nope"), txn("r4")])
-        .await
-        .unwrap();
-    assert_eq!(tip.version, 5);
-    assert_eq!(
-        markers
-            .iter()
-            .map(|m| m.map(|m| m.version))
-            .collect::<Vec<_>>(),
-        [Some(1), None, Some(5)]
-    );
-    let read: Vec<u64> = store
-        .read(&acct, 2, 4)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(read, [2, 3, 4], "a range read spans pages");
-    assert_eq!(
-        store.accounts(None, 10).await.unwrap(),
-        vec![(acct.clone(), 5)]
-    );
+    // And the id can be booked again, as a new transaction (decided now, after expiry).
+    let mut rebooked = store_contract::deposit(2, "d1", 100, 200);
+    rebooked.recorded_at = Timestamp::from_millis(1_900_000_000_000).unwrap();
+    let again = Append {
+        account: acct.clone(),
+        expected_version: 1,
+        pages: vec![PageWrite {
+            events: vec![rebooked],
+            refusals: vec![],
+        }],
+    };
+    assert_eq!(store.append(vec![again]).await[0].error, None);
+    assert_eq!(store.tip(&acct).await.unwrap().version, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +307,15 @@ async fn the_whole_pipeline_on_dynamodb_books_the_example_and_verifies_clean() {
     let rows = RowReader::new(csv.as_bytes(), Format::Csv).unwrap();
     let mut rejects = Rejects::new(Vec::new()).unwrap();
     let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
-    assert_eq!((s.accepted, s.duplicates, s.rejected), (13, 1, 1));
+    assert_eq!((s.accepted, s.duplicates, s.refused), (13, 1, 1));
+    // The same file again changes nothing: the bounced withdrawal's refusal is replayed, not
+    // decided again against the now larger balance.
+    let rows = RowReader::new(csv.as_bytes(), Format::Csv).unwrap();
+    let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
+    assert_eq!(
+        (s.accepted, s.duplicates, s.refused, s.replayed_refusals),
+        (0, 14, 0, 1)
+    );
     consumers.drain().await;
     consumers.stop().await;
     let alice = store.get("alice").await.unwrap().unwrap();
@@ -343,8 +325,8 @@ async fn the_whole_pipeline_on_dynamodb_books_the_example_and_verifies_clean() {
     );
     let report = audit::verify(&store, &store).await.unwrap();
     assert_eq!(
-        (report.accounts, report.events, report.differences.len()),
-        (4, 13, 0)
+        (report.accounts, report.events, report.is_clean()),
+        (4, 13, true)
     );
 
     // Two writers racing withdrawals on one account through DynamoDB: never an overdraft.
@@ -431,6 +413,59 @@ async fn kinesis(test: &str, shards: i32) -> Option<(aws_sdk_kinesis::Client, St
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("stream {stream} never became ACTIVE");
+}
+
+/// Issue 10's first repro on DynamoDB: a generated file (bounced withdrawals, reversals of
+/// unknown targets, exact duplicates) ingested twice. The second run books nothing and
+/// changes no event and no snapshot: every row is a duplicate, a replayed refusal, a reused
+/// id or invalid, as the first run counted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_file_ingested_twice_on_dynamodb_changes_nothing() {
+    let Some(store) = store("twice").await else {
+        return;
+    };
+    let mut csv = Vec::new();
+    tally::workload::generate(
+        tally::workload::GenSpec {
+            accounts: 40,
+            transactions: 1_500,
+            zipf: Some(1.0),
+            seed: 11,
+        },
+        &mut csv,
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let projector = Arc::new(Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        1_000,
+        metrics.clone(),
+    ));
+    let stream = EmbeddedStream::new(2, metrics.clone());
+    let consumers = spawn_consumers(stream.clone(), projector, Mapping::default());
+    let commands = CommandService::new(store.clone(), stream, Policy::default(), 64, Arc::new(at));
+    let run = || async {
+        let rows = RowReader::new(std::io::Cursor::new(csv.clone()), Format::Csv).unwrap();
+        let mut rejects = Rejects::new(Vec::new()).unwrap();
+        let s = ingest(rows, &commands, &mut rejects, |_| {}).await.unwrap();
+        consumers.drain().await;
+        s
+    };
+    let first = run().await;
+    assert!(first.refused > 0 && first.duplicates > 0, "{first:?}");
+    let before = crate::pipeline::everything(&store).await;
+    let second = run().await;
+    assert_eq!(crate::pipeline::everything(&store).await, before);
+    assert_eq!((second.accepted, second.refused), (0, 0));
+    assert_eq!(second.duplicates, first.accepted + first.duplicates);
+    assert_eq!(
+        second.replayed_refusals,
+        first.refused + first.replayed_refusals
+    );
+    assert!(audit::verify(&store, &store).await.unwrap().is_clean());
+    consumers.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,7 +668,7 @@ async fn http_to_dynamodb_to_kinesis_to_the_projector_and_back_with_a_poison_rec
         "parents drained before children: no gap"
     );
     let report = audit::verify(&store, &store).await.unwrap();
-    assert!(report.differences.is_empty(), "{:?}", report.differences);
+    assert!(report.is_clean(), "{report:?}");
     poller.stop().await;
 }
 
@@ -666,6 +701,13 @@ async fn dynamodb_projector_retries_throttled_writes_and_reports_what_still_fail
 async fn dynamodb_throttled_publish_loses_nothing() {
     if let Some(store) = store("throttle-publish").await {
         crate::faults::a_throttled_publish_loses_nothing(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_committed_append_whose_ack_was_lost_is_booked_and_published() {
+    if let Some(store) = store("lost-ack").await {
+        crate::faults::a_committed_append_whose_ack_was_lost_is_booked_and_published(store).await;
     }
 }
 

@@ -23,11 +23,11 @@ use tally::codec::{WirePage, encode_page};
 use tally::domain::limits::BUCKETS_DEFAULT;
 use tally::domain::{
     AccountId, AccountState, Command, Event, EventKind, Money, Page, Policy, Snapshot, Timestamp,
-    TxnId,
+    TxnId, TxnOutcome,
 };
 use tally::ports::{
-    Append, AppendError, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
-    SnapshotStore, StoreError, StoredTxn,
+    Append, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    SnapshotStore, StoreError,
 };
 use tally::service::audit;
 use tally::service::command::{AccountChunk, CommandOutcome, CommandService};
@@ -66,6 +66,28 @@ pub struct Model {
 /// Bytes of a page item besides the encoded page: key and number attributes, generously.
 const PAGE_ITEM_OVERHEAD: usize = 128;
 
+/// Write units AWS bills for one page write, by its documented rules: a transaction costs 2
+/// units per KiB of every item (page, outcome markers, target updates); a page of exactly
+/// one refusal is a plain conditional `PutItem`, 1 unit.
+fn page_write_units(account: &AccountId, p: &PageWrite) -> u64 {
+    if p.events.is_empty() && p.refusals.len() == 1 {
+        return 1;
+    }
+    let page_kib = if p.events.is_empty() {
+        0
+    } else {
+        let page = Page::new(account.clone(), p.events.clone()).unwrap();
+        (encode_page(&WirePage::from_page(&page)).unwrap().len() + PAGE_ITEM_OVERHEAD)
+            .div_ceil(1024) as u64
+    };
+    let reversals = p
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Reversed { .. }))
+        .count() as u64;
+    2 * (page_kib + p.events.len() as u64 + reversals + p.refusals.len() as u64)
+}
+
 impl<T: EventStore> EventStore for Meter<T> {
     async fn tip(&self, account: &AccountId) -> Result<AccountState, StoreError> {
         self.model.lock().unwrap().read += 1; // a consistent query, ≤ 4 KiB
@@ -76,41 +98,34 @@ impl<T: EventStore> EventStore for Meter<T> {
         &self,
         account: &AccountId,
         txns: &[TxnId],
-    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+    ) -> Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError> {
         let loaded = self.inner.load(account, txns).await?;
         let mut unique: Vec<&TxnId> = txns.iter().collect();
         unique.sort_unstable();
         unique.dedup();
-        // The tip query, then one consistent read per marker key (the adapter skips the
-        // markers of an account with no events).
-        let markers = if loaded.0.version == 0 {
-            0
-        } else {
-            unique.len() as u64
-        };
+        // The head query, then one consistent read per marker key (the adapter skips the
+        // markers of an account with no items at all).
+        let any = loaded.0.version > 0 || loaded.1.iter().any(Option::is_some);
+        let markers = if any { unique.len() as u64 } else { 0 };
         self.model.lock().unwrap().read += 1 + markers;
         Ok(loaded)
     }
 
-    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+    async fn txn(
+        &self,
+        account: &AccountId,
+        txn: &TxnId,
+    ) -> Result<Option<TxnOutcome>, StoreError> {
         self.model.lock().unwrap().read += 1;
         self.inner.txn(account, txn).await
     }
 
-    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+    async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
         let mut units = 0;
         for a in &appends {
-            let page = Page::new(a.account.clone(), a.events.clone()).unwrap();
-            let page_kib = (encode_page(&WirePage::from_page(&page)).unwrap().len()
-                + PAGE_ITEM_OVERHEAD)
-                .div_ceil(1024) as u64;
-            let reversals = a
-                .events
-                .iter()
-                .filter(|e| matches!(e.kind, EventKind::Reversed { .. }))
-                .count() as u64;
-            // Transactional: 2 units per KiB of every item (page, markers, target updates).
-            units += 2 * (page_kib + a.events.len() as u64 + reversals);
+            for p in &a.pages {
+                units += page_write_units(&a.account, p);
+            }
         }
         self.model.lock().unwrap().write += units;
         self.inner.append(appends).await
@@ -126,6 +141,16 @@ impl<T: EventStore> EventStore for Meter<T> {
         // The query for the first page, then the range (≤ 4 KiB per 50-odd events).
         self.model.lock().unwrap().read += 1 + (events.len() as u64 * 80).div_ceil(4096).max(1);
         Ok(events)
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<tally::domain::Segment>, StoreError> {
+        self.model.lock().unwrap().read += 1;
+        self.inner.segments(account, from, limit).await
     }
 
     async fn accounts(
@@ -260,7 +285,11 @@ pub async fn measure(
             });
         }
         cost.distinct_per_batch += chunks.len() as u64;
-        let outcomes = service.submit_chunks(chunks.clone()).await.unwrap();
+        let outcomes = service
+            .submit_chunks(chunks.clone())
+            .await
+            .into_result()
+            .unwrap();
         for (chunk, outcomes) in chunks.iter().zip(outcomes) {
             for outcome in outcomes {
                 let CommandOutcome::Booked(event) = outcome else {
@@ -294,7 +323,7 @@ pub async fn measure(
         events as u64
     );
     let report = audit::verify(&store, &store).await.unwrap();
-    assert!(report.differences.is_empty());
+    assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.events, events as u64);
     cost
 }
@@ -404,4 +433,105 @@ async fn cost_table() {
         }
     }
     println!("{}", rows.join("\n"));
+}
+
+/// What a refusal costs on DynamoDB, per refusal, three ways: a single refused command (its
+/// outcome is one conditional `PutItem`), refusals recorded in a page with events (one
+/// transactional item each), and a replayed refusal (reads only). Measured with the billing
+/// model and with DynamoDB Local's own figures; printed for BENCHMARKS.md and asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_of_a_refusal_on_dynamodb() {
+    let Some(store) = crate::aws::store("refusal-cost").await else {
+        return;
+    };
+    let n = 200u64;
+    let metrics = Arc::new(Metrics::default());
+    let model = Arc::new(Mutex::new(Model::default()));
+    let at = || Timestamp::from_millis(1_793_523_600_000).expect("in range");
+    let service = CommandService::new(
+        Meter {
+            inner: store.clone().with_metrics(metrics.clone()),
+            model: model.clone(),
+        },
+        Recorder::default(),
+        Policy::default(),
+        BUCKETS_DEFAULT,
+        Arc::new(at),
+    );
+    let withdraw = |account: String, txn: String| AccountChunk {
+        account: AccountId::new(account).unwrap(),
+        commands: vec![Command::Withdraw {
+            txn_id: TxnId::new(txn).unwrap(),
+            amount: Money(5),
+            occurred_at: at(),
+        }],
+    };
+    let measure = async |label: &str, chunks: Vec<AccountChunk>, per: u64| {
+        let before = (units(&metrics), *model.lock().unwrap());
+        let out = service.submit_chunks(chunks).await.into_result().unwrap();
+        let after = (units(&metrics), *model.lock().unwrap());
+        let row = format!(
+            "| {label} | {:.2} [{:.2}] | {:.2} [{:.2}] |",
+            (after.1.read - before.1.read) as f64 / per as f64,
+            (after.0.0 - before.0.0) / per as f64,
+            (after.1.write - before.1.write) as f64 / per as f64,
+            (after.0.1 - before.0.1) / per as f64,
+        );
+        eprintln!("{row}");
+        (
+            out,
+            after.1.write - before.1.write,
+            after.1.read - before.1.read,
+        )
+    };
+    // Single refused commands on empty accounts: one PutItem each.
+    let single: Vec<_> = (0..n)
+        .map(|i| withdraw(format!("r{i}"), format!("w{i}")))
+        .collect();
+    let (out, writes, _) = measure("single refusal", single.clone(), n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[0], CommandOutcome::Refused(_)))
+    );
+    assert_eq!(writes, n, "1 write unit per single refusal");
+    // The same again: replayed from the stored outcome, no write.
+    let (out, writes, reads) = measure("replayed refusal", single, n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[0], CommandOutcome::ReplayedRefusal(_)))
+    );
+    assert_eq!(
+        (writes, reads),
+        (0, 2 * n),
+        "a head query and one outcome read"
+    );
+    // In a page with an event: one transactional item (2 units) per refusal on top of the
+    // deposit's own page and marker.
+    let mixed: Vec<_> = (0..n)
+        .map(|i| AccountChunk {
+            account: AccountId::new(format!("m{i}")).unwrap(),
+            commands: vec![
+                Command::Deposit {
+                    txn_id: TxnId::new("d").unwrap(),
+                    amount: Money(1),
+                    occurred_at: at(),
+                },
+                Command::Withdraw {
+                    txn_id: TxnId::new("w").unwrap(),
+                    amount: Money(5),
+                    occurred_at: at(),
+                },
+            ],
+        })
+        .collect();
+    let (out, writes, _) = measure("deposit + refusal, one page", mixed, n).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o[1], CommandOutcome::Refused(_)))
+    );
+    assert_eq!(
+        writes,
+        n * (2 + 2 + 2),
+        "page 2 + deposit marker 2 + refusal 2"
+    );
 }

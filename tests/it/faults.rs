@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tally::adapters::embedded::EmbeddedStore;
-use tally::domain::{AccountId, AccountState, Command, Money, Policy, Snapshot, Timestamp, TxnId};
+use tally::domain::{
+    AccountId, AccountState, Command, Money, Policy, Snapshot, Timestamp, TxnId, TxnOutcome,
+};
 use tally::http::{Api, router};
 use tally::ports::{
-    Append, AppendError, EventPublisher, EventStore, OutRecord, Quarantine, Quarantined,
-    SnapshotError, SnapshotPut, SnapshotStore, StoreError, StoredTxn,
+    Append, Appended, EventPublisher, EventStore, OutRecord, Quarantine, Quarantined,
+    SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
 use tally::service::audit;
 use tally::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
@@ -36,6 +38,8 @@ pub struct Faults {
     pub publish: AtomicU32,
     /// Appends that fail as `Corrupt`: a failure retrying cannot fix.
     pub corrupt_append: AtomicU32,
+    /// Appends that commit, but whose caller sees a timeout.
+    pub lost_ack: AtomicU32,
     pub only: Mutex<Option<String>>,
     /// Faults actually injected, so a test proves the path it claims to cover was taken.
     pub injected: AtomicU32,
@@ -70,6 +74,7 @@ impl Faults {
             &self.put,
             &self.publish,
             &self.corrupt_append,
+            &self.lost_ack,
         ] {
             c.store(0, Ordering::SeqCst);
         }
@@ -106,46 +111,57 @@ impl<T: EventStore> EventStore for Flaky<T> {
         &self,
         account: &AccountId,
         txns: &[TxnId],
-    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+    ) -> Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError> {
         if self.faults.hit(&self.faults.load, Some(account.as_str())) {
             return Err(StoreError::Throttled);
         }
         self.inner.load(account, txns).await
     }
 
-    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+    async fn txn(
+        &self,
+        account: &AccountId,
+        txn: &TxnId,
+    ) -> Result<Option<TxnOutcome>, StoreError> {
         self.inner.txn(account, txn).await
     }
 
-    /// Throttles chosen appends; like a real store, an account's pages after a failed one
-    /// are not written either.
-    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
-        let mut out: Vec<Option<Result<(), AppendError>>> = Vec::with_capacity(appends.len());
-        let mut failed: Vec<AccountId> = Vec::new();
+    /// Throttles or corrupts chosen accounts' appends (nothing of that account is written),
+    /// or lets them commit and then reports a timeout (`lost_ack`), as a network cut after
+    /// the backend committed would.
+    async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
+        let mut out: Vec<Option<Appended>> = Vec::with_capacity(appends.len());
         let mut forward = Vec::new();
+        let mut lost: Vec<bool> = Vec::new();
         for a in &appends {
-            if failed.contains(&a.account) {
-                out.push(Some(Err(AppendError::Conflict {
-                    current: a.expected_version,
-                })));
-            } else if self
-                .faults
-                .hit(&self.faults.append, Some(a.account.as_str()))
-            {
-                failed.push(a.account.clone());
-                out.push(Some(Err(StoreError::Throttled.into())));
-            } else if self
-                .faults
-                .hit(&self.faults.corrupt_append, Some(a.account.as_str()))
-            {
-                failed.push(a.account.clone());
-                out.push(Some(Err(StoreError::Corrupt("injected".into()).into())));
+            let account = Some(a.account.as_str());
+            if self.faults.hit(&self.faults.append, account) {
+                out.push(Some(Appended::failed(StoreError::Throttled.into())));
+            } else if self.faults.hit(&self.faults.corrupt_append, account) {
+                out.push(Some(Appended::failed(
+                    StoreError::Corrupt("injected".into()).into(),
+                )));
             } else {
                 out.push(None);
+                lost.push(self.faults.hit(&self.faults.lost_ack, account));
                 forward.push(a.clone());
             }
         }
-        let mut results = self.inner.append(forward).await.into_iter();
+        let mut results =
+            self.inner
+                .append(forward)
+                .await
+                .into_iter()
+                .zip(lost)
+                .map(|(r, lost)| {
+                    if lost {
+                        Appended::failed(
+                            StoreError::Unavailable("timed out (injected)".into()).into(),
+                        )
+                    } else {
+                        r
+                    }
+                });
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| results.next().expect("one result per append")))
             .collect()
@@ -161,6 +177,15 @@ impl<T: EventStore> EventStore for Flaky<T> {
             return Err(StoreError::Throttled);
         }
         self.inner.read(account, from, to).await
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<tally::domain::Segment>, StoreError> {
+        self.inner.segments(account, from, limit).await
     }
 
     async fn accounts(
@@ -293,8 +318,9 @@ where
 async fn assert_verified<S: EventStore + SnapshotStore>(store: &S, accounts: u64, events: u64) {
     let report = audit::verify(store, store).await.unwrap();
     assert_eq!(
-        (report.accounts, report.events, report.differences),
-        (accounts, events, vec![]),
+        (report.accounts, report.events, report.is_clean()),
+        (accounts, events, true),
+        "{report:?}"
     );
 }
 
@@ -312,7 +338,7 @@ where
     let chunks = (0..3)
         .map(|a| deposits(&format!("t{a}"), 0..40, 100))
         .collect();
-    let outcomes = service.submit_chunks(chunks).await.unwrap();
+    let outcomes = service.submit_chunks(chunks).await.into_result().unwrap();
     assert_eq!(flaky.faults.injected(), 5, "every planned fault was hit");
     for (a, outcomes) in outcomes.iter().enumerate() {
         assert_eq!(outcomes.len(), 40);
@@ -341,7 +367,11 @@ where
     let recorder = Recorder::default();
     let service = commands(flaky.clone(), recorder.clone());
     let chunks = || vec![deposits("u0", 0..3, 500), deposits("u1", 0..3, 700)];
-    let err = service.submit_chunks(chunks()).await.unwrap_err();
+    let err = service
+        .submit_chunks(chunks())
+        .await
+        .into_result()
+        .unwrap_err();
     assert_eq!(err, CommandError::Store(StoreError::Throttled));
     assert!(flaky.faults.injected() > 1, "the append was retried");
     assert_eq!(
@@ -357,7 +387,7 @@ where
     );
 
     flaky.faults.clear();
-    let outcomes = service.submit_chunks(chunks()).await.unwrap();
+    let outcomes = service.submit_chunks(chunks()).await.into_result().unwrap();
     assert!(
         outcomes[0]
             .iter()
@@ -390,6 +420,7 @@ where
     let err = service
         .submit_chunks(vec![deposits("v1", 0..2, 100), deposits("v0", 0..2, 100)])
         .await
+        .into_result()
         .unwrap_err();
     assert_eq!(
         err,
@@ -417,6 +448,7 @@ where
     service
         .submit_chunks(accounts.iter().map(|a| deposits(a, 0..5, 10)).collect())
         .await
+        .into_result()
         .unwrap();
     let metrics = Arc::new(Metrics::default());
     let flaky = Flaky::new(store.clone());
@@ -440,6 +472,7 @@ where
     service
         .submit_chunks(accounts.iter().map(|a| deposits(a, 5..7, 10)).collect())
         .await
+        .into_result()
         .unwrap();
     let second = recorder.take();
     *flaky.faults.only.lock().unwrap() = Some("p1".into());
@@ -464,6 +497,7 @@ where
     service
         .submit_chunks(accounts.iter().map(|a| deposits(a, 7..8, 10)).collect())
         .await
+        .into_result()
         .unwrap();
     let third = recorder.take();
     let cold = Projector::new(
@@ -497,6 +531,7 @@ where
     let outcomes = service
         .submit_chunks(vec![deposits("q0", 0..2, 250)])
         .await
+        .into_result()
         .unwrap();
     assert!(matches!(outcomes[0][1], CommandOutcome::Booked(_)));
     assert_eq!(publisher.faults.injected(), 1);
@@ -515,6 +550,7 @@ where
     service
         .submit_chunks(vec![deposits("q0", 2..3, 250)])
         .await
+        .into_result()
         .unwrap();
     // The first delivery cannot fill the gap (the event store read is throttled) and
     // reports the account; the redelivery fills it.
@@ -570,8 +606,51 @@ async fn embedded_projector_retries_throttled_writes_and_reports_what_still_fail
 }
 
 #[tokio::test]
+async fn embedded_committed_append_whose_ack_was_lost_is_booked_and_published() {
+    a_committed_append_whose_ack_was_lost_is_booked_and_published(embedded()).await;
+}
+
+#[tokio::test]
 async fn embedded_throttled_publish_loses_nothing() {
     a_throttled_publish_loses_nothing(embedded()).await;
+}
+
+/// An append that committed, but whose caller saw a timeout: the command service sends the
+/// same pages again, the store recognises them, and the commands are answered as booked
+/// (not as duplicates of themselves) and published once.
+pub async fn a_committed_append_whose_ack_was_lost_is_booked_and_published<S>(store: S)
+where
+    S: EventStore + SnapshotStore + Quarantine + Clone,
+{
+    let flaky = Flaky::new(store.clone());
+    flaky.faults.lost_ack.store(1, Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let service = commands(flaky.clone(), recorder.clone());
+    // 40 deposits: two pages; and a bounced withdrawal, recorded with them.
+    let mut chunk = deposits("la", 0..40, 10);
+    chunk.commands.push(Command::Withdraw {
+        txn_id: TxnId::new("la-w").unwrap(),
+        amount: Money(1_000_000),
+        occurred_at: at(),
+    });
+    let outcomes = service
+        .submit_chunks(vec![chunk])
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(flaky.faults.injected(), 1, "the ack was lost once");
+    assert!(
+        outcomes[0][..40]
+            .iter()
+            .all(|o| matches!(o, CommandOutcome::Booked(_))),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(matches!(outcomes[0][40], CommandOutcome::Refused(_)));
+    assert_eq!(balance(&store, "la").await, (40, 400));
+    assert_eq!(recorder.0.lock().unwrap().len(), 1, "published once");
+    project_recorded(&store, &recorder).await;
+    assert_verified(&store, 1, 40).await;
 }
 
 /// Over a real socket: a throttled backend is a 503 with a JSON body and `Retry-After`, on
@@ -628,6 +707,27 @@ async fn throttling_is_a_503_with_retry_after_and_a_resubmission_is_safe() {
     let reply = send(addr, "POST", "/v1/transactions", "text/csv", csv.as_bytes()).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(balance(&store.inner, "g").await, (1, 300), "g stays booked");
+    // The 503 does not hide what was booked: the body says row 2 was accepted and row 3
+    // has no outcome yet.
+    let summary = &reply.json()["summary"];
+    assert_eq!(
+        (
+            summary["rows"].as_u64(),
+            summary["accepted"].as_u64(),
+            summary["unprocessed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped at line 3"),
+        "{}",
+        reply.body
+    );
     store.faults.clear();
     let reply = send(addr, "POST", "/v1/transactions", "text/csv", csv.as_bytes()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);

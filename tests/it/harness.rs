@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use tally::domain::{
-    AccountState, Command, Event, EventKind, Money, Policy, Rejection, Snapshot, Timestamp, TxnId,
-    TxnRecord, apply, decide,
+    AccountState, Command, Entry, Event, Money, Policy, Rejection, Snapshot, Timestamp, TxnId,
+    TxnOutcome, apply, decide, record,
 };
 
-use crate::reference::{RefCmd, RefEvent, RefSnapshot};
+use crate::reference::RefCmd;
 
 pub fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms).expect("test times are in range")
@@ -62,37 +62,8 @@ pub const REJECTION_TAGS: [&str; 7] = [
     "version_exhausted",
 ];
 
-/// The reference view of a production event.
-pub fn ref_event(e: &Event) -> RefEvent {
-    let (kind, target) = match &e.kind {
-        EventKind::Deposited { .. } => ("deposit", None),
-        EventKind::Withdrawn { .. } => ("withdrawal", None),
-        EventKind::Reversed { reverses, .. } => ("reversal", Some(reverses.to_string())),
-    };
-    RefEvent {
-        txn: e.txn_id.to_string(),
-        kind,
-        target,
-        delta: e.kind.delta().expect("valid event").minor(),
-        at: e.occurred_at.millis(),
-        recorded: e.recorded_at.millis(),
-    }
-}
-
-pub fn ref_snapshot(s: &Snapshot) -> RefSnapshot {
-    RefSnapshot {
-        version: s.version,
-        balance: i128::from(s.balance.minor()),
-        month: s.month.map(|m| (m.year() as i32, m.month() as u8)),
-        month_balance: s.month_balance,
-        credit_total: s.credit_total as i128,
-        credit_count: s.credit_count,
-        debit_total: s.debit_total as i128,
-        debit_count: s.debit_count,
-        last_occurred_at: s.last_occurred_at.map(Timestamp::millis),
-        updated_at: s.updated_at.map(Timestamp::millis),
-    }
-}
+/// The reference views of production events and snapshots (shared with the simulator).
+pub use tally::sim::check::{ref_event, ref_snapshot};
 
 /// Production ledger for one account: tip state, events, transaction markers, snapshot.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +71,7 @@ pub struct Ledger {
     pub policy: Policy,
     pub state: AccountState,
     pub events: Vec<Event>,
-    pub markers: HashMap<TxnId, TxnRecord>,
+    pub markers: HashMap<TxnId, TxnOutcome>,
     pub snapshot: Snapshot,
 }
 
@@ -113,22 +84,18 @@ impl Ledger {
     }
 
     pub fn decide(&self, cmd: &Command, now: i64) -> Result<Vec<Event>, Rejection> {
-        let target = cmd.reverses().and_then(|t| self.markers.get(t));
-        decide(&self.state, cmd, target, ts(now), &self.policy)
+        let target = cmd
+            .reverses()
+            .and_then(|t| self.markers.get(t))
+            .and_then(TxnOutcome::as_target);
+        decide(&self.state, cmd, target.as_ref(), ts(now), &self.policy)
     }
 
-    /// Records events as the event store would: markers for each txn, the reversed flag on
-    /// a reversal's target, the tip, and folds them into the snapshot.
+    /// Records events as the event store would (the domain's marker rule), moves the tip,
+    /// and folds them into the snapshot.
     pub fn commit(&mut self, events: Vec<Event>) {
         for e in events {
-            if let EventKind::Reversed { reverses, .. } = &e.kind {
-                self.markers
-                    .get_mut(reverses)
-                    .expect("target exists")
-                    .reversed = true;
-            }
-            self.markers
-                .insert(e.txn_id.clone(), e.txn_record(false).expect("valid event"));
+            record(&mut self.markers, Entry::Booked(&e)).expect("decided events record");
             self.state = AccountState::after(&e);
             apply(&mut self.snapshot, &e).expect("decided events fold");
             self.events.push(e);

@@ -104,11 +104,44 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
         ),
         (Some(1), Some(10000))
     );
+    assert_eq!(first.json()["replayed"], false);
     let again = post(addr, "/v1/accounts/acct-1/deposits", dep).await;
+    let mut original = first.json();
+    original["replayed"] = json!(true);
     assert_eq!(
         (again.status, again.json()),
-        (200, first.json()),
-        "idempotent replay returns the original"
+        (200, original),
+        "idempotent replay returns the original, marked"
+    );
+    assert!(
+        again
+            .head
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{}",
+        again.head
+    );
+    // The same id for a different request is refused, naming the first difference.
+    let reused = post(
+        addr,
+        "/v1/accounts/acct-1/deposits",
+        json!({"txn_id": "t-1", "amount": 10001, "occurred_at": "2026-11-01T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        error_of(&reused),
+        (409, "txn_id_reused".into(), Some("amount".into()))
+    );
+    assert!(reused.json()["message"].as_str().unwrap().contains("10000"));
+    let as_withdrawal = post(
+        addr,
+        "/v1/accounts/acct-1/withdrawals",
+        json!({"txn_id": "t-1", "amount": 10000, "occurred_at": "2026-11-01T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        error_of(&as_withdrawal),
+        (409, "txn_id_reused".into(), Some("kind".into()))
     );
 
     let over = post(
@@ -121,32 +154,66 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
         error_of(&over),
         (409, "insufficient_funds".into(), Some("amount".into()))
     );
-    let ok = post(
+    assert_eq!(over.json()["replayed"], false);
+    // A refusal is the id's outcome: the same request gets the same refusal, marked, even
+    // once funds are there; a different request under that id is a reuse.
+    let funded = post(
+        addr,
+        "/v1/accounts/acct-1/deposits",
+        json!({"txn_id": "t-1b", "amount": 50000, "occurred_at": "2026-11-01T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(funded.status, 201);
+    let over_again = post(
+        addr,
+        "/v1/accounts/acct-1/withdrawals",
+        json!({"txn_id": "t-2", "amount": 20000, "occurred_at": "2026-11-02T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        error_of(&over_again),
+        (409, "insufficient_funds".into(), Some("amount".into()))
+    );
+    assert_eq!(over_again.json()["replayed"], true);
+    assert_eq!(over_again.json()["message"], over.json()["message"]);
+    assert!(
+        over_again
+            .head
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true")
+    );
+    let reused_refusal = post(
         addr,
         "/v1/accounts/acct-1/withdrawals",
         json!({"txn_id": "t-2", "amount": 2500, "occurred_at": "2026-11-02T09:00:00Z"}),
     )
     .await;
     assert_eq!(
-        ok.status, 201,
-        "a rejected txn id is decided again: {}",
-        ok.body
+        error_of(&reused_refusal),
+        (409, "txn_id_reused".into(), Some("amount".into()))
     );
+    let ok = post(
+        addr,
+        "/v1/accounts/acct-1/withdrawals",
+        json!({"txn_id": "t-2b", "amount": 52500, "occurred_at": "2026-11-02T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
 
     let rev = post(
         addr,
         "/v1/accounts/acct-1/reversals",
-        json!({"txn_id": "t-3", "reverses": "t-2", "occurred_at": "2026-11-03T09:00:00Z"}),
+        json!({"txn_id": "t-3", "reverses": "t-2b", "occurred_at": "2026-11-03T09:00:00Z"}),
     )
     .await;
     assert_eq!(
         (rev.status, rev.json()["balance"].as_i64()),
-        (201, Some(10000))
+        (201, Some(60000))
     );
     let twice = post(
         addr,
         "/v1/accounts/acct-1/reversals",
-        json!({"txn_id": "t-4", "reverses": "t-2", "occurred_at": "2026-11-03T09:00:00Z"}),
+        json!({"txn_id": "t-4", "reverses": "t-2b", "occurred_at": "2026-11-03T09:00:00Z"}),
     )
     .await;
     assert_eq!(
@@ -162,11 +229,19 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
     assert_eq!(
         error_of(&ghost),
         (
-            422,
+            409,
             "unknown_reversal_target".into(),
             Some("reverses".into())
         )
     );
+    // A refused transaction was never booked: nothing to reverse.
+    let of_refused = post(
+        addr,
+        "/v1/accounts/acct-1/reversals",
+        json!({"txn_id": "t-5b", "reverses": "t-2", "occurred_at": "2026-11-03T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(error_of(&of_refused).1, "unknown_reversal_target");
     let of_rev = post(
         addr,
         "/v1/accounts/acct-1/reversals",
@@ -175,7 +250,7 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
     .await;
     assert_eq!(
         error_of(&of_rev),
-        (422, "reversal_of_reversal".into(), Some("reverses".into()))
+        (409, "reversal_of_reversal".into(), Some("reverses".into()))
     );
     let zero = post(
         addr,
@@ -187,6 +262,15 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
         error_of(&zero),
         (422, "amount_out_of_range".into(), Some("amount".into()))
     );
+    assert!(zero.json().get("replayed").is_none(), "not an outcome");
+    // Invalid input is not recorded: the id stays free.
+    let fixed = post(
+        addr,
+        "/v1/accounts/acct-1/deposits",
+        json!({"txn_id": "t-7", "amount": 1, "occurred_at": "2026-11-03T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(fixed.status, 201, "{}", fixed.body);
 
     app.drain().await;
     let bal = get(addr, "/v1/accounts/acct-1/balance").await;
@@ -199,7 +283,7 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
             b["month"].as_str(),
             b["month_balance"].as_i64()
         ),
-        (Some(3), Some(10000), Some("2026-11"), Some(10000))
+        (Some(5), Some(60001), Some("2026-11"), Some(60001))
     );
     let at = get(addr, "/v1/accounts/acct-1/balance?at=2026-11-02T12:00:00Z").await;
     assert_eq!(
@@ -208,13 +292,13 @@ async fn commands_book_replay_and_refuse_with_the_documented_statuses() {
             at.json()["balance"].as_i64(),
             at.json()["events"].as_u64()
         ),
-        (200, Some(7500), Some(2))
+        (200, Some(7500), Some(3))
     );
     let events = get(addr, "/v1/accounts/acct-1/events?limit=2").await;
     assert_eq!(events.json()["events"].as_array().map(Vec::len), Some(2));
     let metrics = get(addr, "/metrics").await;
     assert!(
-        metrics.body.contains("tally_events_appended_total 3"),
+        metrics.body.contains("tally_events_appended_total 5"),
         "{}",
         metrics.body
     );
@@ -333,11 +417,25 @@ async fn bulk_csv_and_ndjson_report_per_row_outcomes() {
             v["rows"].as_u64(),
             v["accepted"].as_u64(),
             v["duplicates"].as_u64(),
-            v["rejected"].as_u64()
+            v["refused"].as_u64()
         ),
         (Some(15), Some(13), Some(1), Some(1))
     );
-    assert_eq!(v["refused"][0]["line"].as_u64(), Some(6));
+    assert_eq!(v["rejects"][0]["line"].as_u64(), Some(6));
+    assert_eq!(v["rejects"][0]["outcome"], "refused");
+    // The same file again changes nothing: duplicates and the replayed refusal.
+    let r = send(addr, "POST", "/v1/transactions", "text/csv", csv.as_bytes()).await;
+    let v = r.json();
+    assert_eq!(
+        (
+            v["accepted"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["refused"].as_u64(),
+            v["replayed_refusals"].as_u64()
+        ),
+        (Some(0), Some(14), Some(0), Some(1))
+    );
+    assert_eq!(v["rejects"][0]["outcome"], "replayed_refusal");
     let nd = "{\"txn_id\":\"n-1\",\"account\":\"erin\",\"kind\":\"deposit\",\"amount\":5,\"occurred_at\":\"2026-11-01T09:00:00Z\"}\n{\"txn_id\":\"n-2\",\"account\":\"erin\",\"kind\":\"deposit\",\"amount\":\"x\",\"occurred_at\":\"2026-11-01T09:00:00Z\"}\n";
     let r = send(
         addr,
@@ -352,7 +450,7 @@ async fn bulk_csv_and_ndjson_report_per_row_outcomes() {
         (
             v["accepted"].as_u64(),
             v["invalid"].as_u64(),
-            v["refused"][0]["field"].as_str()
+            v["rejects"][0]["field"].as_str()
         ),
         (Some(1), Some(1), Some("amount"))
     );
@@ -370,8 +468,7 @@ async fn bulk_csv_and_ndjson_report_per_row_outcomes() {
         tally::service::audit::verify(&app.store, &app.store)
             .await
             .unwrap()
-            .differences
-            .is_empty()
+            .is_clean()
     );
 }
 

@@ -4,6 +4,7 @@
 
 mod aws;
 mod cache_pressure;
+mod clients;
 mod codec_robustness;
 mod cost;
 mod crash;
@@ -15,5 +16,8 @@ mod matrix;
 mod pipeline;
 mod projector;
 mod properties;
+mod races;
 mod reference;
 mod rows;
+mod sim;
+mod store_contract;

@@ -383,3 +383,100 @@ fn every_state_class_times_every_command_class_matches_the_reference_model() {
     );
     assert_eq!(seen.decide_cells, 8 * 3 * 15);
 }
+
+/// The txn-id matrix: every kind of first outcome (booked deposit, withdrawal, reversal;
+/// refused withdrawal, reversal; an invalid amount, which is not an outcome) × every way of
+/// sending the id again (the same request, or differing in kind, amount, target or business
+/// time). Expectations from the reference book; every `Decision` variant must be reached.
+#[test]
+fn every_first_outcome_times_every_resubmission_matches_the_reference() {
+    use tally::domain::{AccountState, Decision, TxnOutcome, decide_run};
+
+    use crate::reference::{RefBook, RefOutcome};
+    let later = ms(datetime!(2026-11-20 10:00 UTC));
+    let firsts: [(&str, RefCmd); 6] = [
+        ("booked deposit", dep("x", 100)),
+        ("booked withdrawal", wd("x", 40)),
+        ("booked reversal", rev("x", "d0")),
+        ("refused withdrawal", wd("x", 1_000_000)),
+        ("refused reversal", rev("x", "ghost")),
+        ("invalid amount", dep("x", 0)),
+    ];
+    let variants = |first: &RefCmd| -> Vec<(&'static str, RefCmd)> {
+        let mut v = vec![("same", first.clone())];
+        v.push((
+            "kind",
+            match first {
+                RefCmd::Deposit { .. } => wd("x", 100),
+                _ => dep("x", 40),
+            },
+        ));
+        let mut more = first.clone();
+        match &mut more {
+            RefCmd::Deposit { amount, .. } | RefCmd::Withdraw { amount, .. } => {
+                *amount += 1;
+                v.push(("amount", more));
+            }
+            RefCmd::Reverse { .. } => v.push(("reverses", rev("x", "d1"))),
+        }
+        let mut moved = first.clone();
+        match &mut moved {
+            RefCmd::Deposit { at, .. }
+            | RefCmd::Withdraw { at, .. }
+            | RefCmd::Reverse { at, .. } => *at = later,
+        }
+        v.push(("occurred_at", moved));
+        v
+    };
+    let mut seen = BTreeSet::new();
+    let mut cells = 0;
+    for (name, first) in &firsts {
+        for (how, again) in variants(first) {
+            let cell = format!("{name} / again with {how}");
+            // History: two deposits the reversals can target, then the first submission.
+            let history = [dep("d0", 500), dep("d1", 70), first.clone(), again.clone()];
+            let mut reference = RefBook::new(1_000_000_000, 0);
+            let want: Vec<RefOutcome> = history.iter().map(|c| reference.submit(c, 7)).collect();
+            let mut outcomes: std::collections::HashMap<tally::domain::TxnId, TxnOutcome> =
+                Default::default();
+            let prod: Vec<_> = history.iter().map(command).collect();
+            let (got, _) = decide_run(
+                AccountState::default(),
+                &mut outcomes,
+                &prod,
+                crate::harness::ts(7),
+                &Policy::new(1_000_000_000, 0).unwrap(),
+            );
+            let tag = rejection_tag;
+            let got: Vec<RefOutcome> = got
+                .into_iter()
+                .map(|d| {
+                    seen.insert(match &d {
+                        Decision::Booked(_) => "booked",
+                        Decision::Refused(_) => "refused",
+                        Decision::Invalid(_) => "invalid",
+                        Decision::Replayed(TxnOutcome::Booked { .. }) => "duplicate",
+                        Decision::Replayed(TxnOutcome::Refused(_)) => "replayed refusal",
+                        Decision::Reused { .. } => "reused",
+                    });
+                    match d {
+                        Decision::Booked(e) => RefOutcome::Booked(ref_event(&e)),
+                        Decision::Refused(r) => RefOutcome::Refused(tag(&r.rejection)),
+                        Decision::Invalid(r) => RefOutcome::Invalid(tag(&r)),
+                        Decision::Replayed(TxnOutcome::Booked { event, .. }) => {
+                            RefOutcome::Duplicate(ref_event(&event))
+                        }
+                        Decision::Replayed(TxnOutcome::Refused(r)) => {
+                            RefOutcome::ReplayedRefusal(tag(&r.rejection))
+                        }
+                        Decision::Reused { field, .. } => RefOutcome::Reused(field),
+                    }
+                })
+                .collect();
+            assert_eq!(got, want, "{cell}");
+            cells += 1;
+        }
+    }
+    assert_eq!(cells, 24);
+    assert_eq!(seen.len(), 6, "every decision variant reached: {seen:?}");
+}

@@ -61,12 +61,96 @@ fn run(raw: &[(u8, i64, usize, i64)], overdraft: i64) -> (Ledger, RefLedger) {
     (prod, reference)
 }
 
+/// Raw material for a stream of submissions whose txn ids repeat: id pick (from a small
+/// pool), kind, amount, target pick, minutes, and where runs are cut.
+fn raw_submissions() -> impl Strategy<Value = Vec<(usize, u8, i64, usize, i64, bool)>> {
+    prop::collection::vec(
+        (
+            0usize..24,
+            0u8..10,
+            1i64..4_000,
+            any::<usize>(),
+            0i64..3,
+            any::<bool>(),
+        ),
+        1..80,
+    )
+}
+
+/// `decide_run` over runs of submissions (outcomes kept across runs, as the store keeps
+/// them) agrees with the reference on every answer: booked, refused (recorded), invalid
+/// (not recorded), duplicate, replayed refusal, reused id with the field named.
+fn run_submissions(raw: &[(usize, u8, i64, usize, i64, bool)]) {
+    use std::collections::HashMap;
+    use tally::domain::{AccountState, Decision, TxnOutcome, decide_run};
+    let policy = Policy::new(3_000, 500).unwrap();
+    let mut reference = crate::reference::RefBook::new(3_000, 500);
+    let mut outcomes: HashMap<tally::domain::TxnId, TxnOutcome> = HashMap::new();
+    let mut state = AccountState::default();
+    let mut start = 0;
+    for (run_index, end) in raw
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r.5 || *i + 1 == raw.len())
+        .map(|(i, _)| i + 1)
+        .enumerate()
+    {
+        let now = T0 + run_index as i64;
+        let cmds: Vec<RefCmd> = raw[start..end]
+            .iter()
+            .map(|&(id, k, amount, pick, minutes, _)| {
+                let (txn, at) = (format!("t{id}"), T0 + minutes * 60_000);
+                match k {
+                    0..=3 => RefCmd::Deposit { txn, amount, at },
+                    4..=6 => RefCmd::Withdraw { txn, amount, at },
+                    _ => RefCmd::Reverse {
+                        txn,
+                        target: format!("t{}", pick % 24),
+                        at,
+                    },
+                }
+            })
+            .collect();
+        let prod: Vec<_> = cmds.iter().map(command).collect();
+        let (decisions, after) = decide_run(
+            state,
+            &mut outcomes,
+            &prod,
+            crate::harness::ts(now),
+            &policy,
+        );
+        state = after;
+        for (cmd, d) in cmds.iter().zip(decisions) {
+            use crate::reference::RefOutcome as R;
+            let tag = crate::harness::rejection_tag;
+            let got = match d {
+                Decision::Booked(e) => R::Booked(ref_event(&e)),
+                Decision::Refused(r) => R::Refused(tag(&r.rejection)),
+                Decision::Invalid(r) => R::Invalid(tag(&r)),
+                Decision::Replayed(TxnOutcome::Booked { event, .. }) => {
+                    R::Duplicate(ref_event(&event))
+                }
+                Decision::Replayed(TxnOutcome::Refused(r)) => R::ReplayedRefusal(tag(&r.rejection)),
+                Decision::Reused { field, .. } => R::Reused(field),
+            };
+            assert_eq!(got, reference.submit(cmd, now), "{cmd:?}");
+        }
+        start = end;
+    }
+    assert_eq!(state.version as usize, reference.ledger.events.len());
+}
+
 fn effects(events: &[Event]) -> Vec<Effect> {
     events.iter().map(|e| e.effect().unwrap()).collect()
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_txn_id_keeps_its_first_outcome_as_the_reference_says(raw in raw_submissions()) {
+        run_submissions(&raw);
+    }
 
     #[test]
     fn decide_never_produces_an_event_that_apply_refuses(raw in raw_commands(), overdraft in 0i64..3_000) {

@@ -16,7 +16,8 @@ pub struct AwsConfig {
     pub events_table: String,
     pub balances_table: String,
     pub quarantine_table: String,
-    /// Seconds transaction markers live (DynamoDB TTL); `None` keeps them forever.
+    /// Seconds txn outcome markers live (DynamoDB TTL), an operator's opt-in: after that an
+    /// id may be decided again. `None` (the default) keeps them forever.
     pub marker_ttl_secs: Option<u64>,
 }
 
@@ -25,13 +26,19 @@ impl AwsConfig {
     /// `TALLY_MARKER_TTL_SECS`, failing fast with the variable's name.
     pub fn from_env() -> Result<AwsConfig, String> {
         let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-        let ttl =
-            match std::env::var("TALLY_MARKER_TTL_SECS") {
-                Ok(v) => Some(v.parse().map_err(|_| {
-                    format!("TALLY_MARKER_TTL_SECS: {v:?} is not a number of seconds")
-                })?),
-                Err(_) => None,
-            };
+        // Unset or 0: outcomes never expire.
+        let ttl = match std::env::var("TALLY_MARKER_TTL_SECS") {
+            Ok(v) => match v.parse::<u64>() {
+                Ok(0) => None,
+                Ok(secs) => Some(secs),
+                Err(_) => {
+                    return Err(format!(
+                        "TALLY_MARKER_TTL_SECS: {v:?} is not a number of seconds"
+                    ));
+                }
+            },
+            Err(_) => None,
+        };
         Ok(AwsConfig {
             events_table: var("TALLY_EVENTS_TABLE")?,
             balances_table: var("TALLY_BALANCES_TABLE")?,

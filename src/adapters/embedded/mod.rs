@@ -2,6 +2,9 @@
 //! quarantine) with DynamoDB's conditional semantics, and an in-process stream with shards
 //! and an event source mapping. Needs nothing but the Rust toolchain.
 
+mod append;
+pub mod commit;
+mod index;
 pub mod store;
 pub mod stream;
 

@@ -8,36 +8,50 @@
 //! Events are committed with `Durability::Immediate` (an acknowledged event survives a
 //! crash); snapshots with `Durability::None`, since catch-up rebuilds them from events.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-
-use crate::codec::stored::{
-    decode_marker, decode_snapshot, decode_tip, encode_marker, encode_snapshot, encode_tip,
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use crate::codec::{WirePage, decode_page, encode_page};
-use crate::domain::{AccountId, AccountState, Event, EventKind, Page, Snapshot, TxnId};
+
+use std::sync::RwLock;
+
+use super::commit::Committer;
+use super::index::{Candidate, Slot, TxnIndex, lookup};
+
+use crate::codec::decode_page;
+use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
+use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, AppendError, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
-    SnapshotStore, StoreError, StoredTxn,
+    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    SnapshotStore, StoreError,
 };
 
 /// `event_key(account, first version)` → encoded page.
-const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// `marker_key(account, txn id)` → marker.
-const MARKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("markers");
+pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// `marker_key(account, txn id)` → a refused txn id's outcome (`codec::stored::encode_outcome`).
+/// Booked ids need no row: their pages record them (see `index.rs`).
+pub(super) const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
+/// `marker_key(account, txn id)` → empty: booked transactions that have been reversed.
+pub(super) const REVERSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reversed");
+/// "layout" → the store layout version, so an older data dir is refused by name.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The layout this code writes: 2 = pages + refusals + reversed flags, txn index in memory.
+const LAYOUT: u64 = 2;
 /// account → version and balance of the newest event.
-const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
+pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `event_key(account, segment index)` → segment summary (`domain::segment`), written in
+/// the transaction that completes the segment.
+pub(super) const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
 
 /// `account NUL version(big-endian)`: orders by account, then version, and compares as
 /// plain bytes (ids never contain NUL). Tuple keys cost several times more per compare.
-fn event_key(account: &str, version: u64) -> Vec<u8> {
+pub(super) fn event_key(account: &str, version: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + 9);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -45,15 +59,48 @@ fn event_key(account: &str, version: u64) -> Vec<u8> {
     k
 }
 
-fn key_version(key: &[u8]) -> u64 {
+pub(super) fn key_version(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Events `from..=to` of `account`, from any table view (a write transaction sees what it
+/// staged).
+pub(super) fn read_range(
+    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    account: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Event>, StoreError> {
+    // The page holding `from` starts at or before it.
+    let start = match events
+        .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
+        .map_err(unavailable)?
+        .next_back()
+    {
+        Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for entry in events
+        .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        .map_err(unavailable)?
+    {
+        let (_, bytes) = entry.map_err(unavailable)?;
+        let page = decode_page(bytes.value()).map_err(corrupt)?;
+        out.extend(
+            page.into_events()
+                .into_iter()
+                .filter(|e| e.version >= from && e.version <= to),
+        );
+    }
+    Ok(out)
+}
+
 /// `account NUL txn`.
-fn marker_key(account: &str, txn: &str) -> Vec<u8> {
+pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
     k.extend_from_slice(account.as_bytes());
     k.push(0);
@@ -61,20 +108,89 @@ fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     k
 }
 
+/// Splits a `marker_key` back into account and txn id.
+pub(super) fn split_marker_key(key: &[u8]) -> Option<(&str, &str)> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let account = std::str::from_utf8(&key[..nul]).ok()?;
+    let txn = std::str::from_utf8(&key[nul + 1..]).ok()?;
+    Some((account, txn))
+}
+
+fn read_index(index: &RwLock<TxnIndex>) -> std::sync::RwLockReadGuard<'_, TxnIndex> {
+    // The index is only written by the writer thread after a commit, one insert at a time: a
+    // panic there cannot leave an entry half-written.
+    index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Rebuilds the txn index from what is durable: every page's events, then the refusals and
+/// the reversed flags.
+fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let mut index = TxnIndex::default();
+    let events = tx.open_table(EVENTS).map_err(unavailable)?;
+    for entry in events.iter().map_err(unavailable)? {
+        let (key, bytes) = entry.map_err(unavailable)?;
+        let key = key.value();
+        let account = key
+            .len()
+            .checked_sub(9)
+            .and_then(|n| std::str::from_utf8(&key[..n]).ok())
+            .ok_or_else(|| corrupt("page key without an account"))?;
+        for e in decode_page(bytes.value()).map_err(corrupt)?.events() {
+            let slot = Slot::Booked {
+                version: e.version,
+                reversed: false,
+            };
+            index.insert(account, e.txn_id.as_str(), slot);
+        }
+    }
+    let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+    for entry in refusals.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) = split_marker_key(key.value()).ok_or_else(|| corrupt("refusal key"))?;
+        index.insert(account, txn, Slot::Refused);
+    }
+    let reversed = tx.open_table(REVERSED).map_err(unavailable)?;
+    for entry in reversed.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (account, txn) =
+            split_marker_key(key.value()).ok_or_else(|| corrupt("reversed key"))?;
+        // A reversed id is booked, so the index holds it, by full key or by its own hash.
+        if let Some(Candidate {
+            slot: Slot::Booked { version, .. },
+            exact,
+        }) = index.get(account, txn)
+        {
+            let slot = Slot::Booked {
+                version,
+                reversed: true,
+            };
+            index.update(account, txn, exact, slot);
+        }
+    }
+    Ok(index)
+}
+
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
 const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
-/// The embedded database; cheap to clone (shared handle).
+/// The embedded database; cheap to clone (shared handle). Appends go through one writer
+/// thread that commits concurrent requests together (`commit.rs`).
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    // Dropped first: stops the writer thread, which holds the database too.
+    committer: Arc<Committer>,
     db: Arc<Database>,
+    index: Arc<RwLock<TxnIndex>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
@@ -108,13 +224,60 @@ impl EmbeddedStore {
 
     fn init(db: Database) -> Result<EmbeddedStore, StoreError> {
         let tx = db.begin_write().map_err(unavailable)?;
-        tx.open_table(EVENTS).map_err(unavailable)?;
-        tx.open_table(MARKERS).map_err(unavailable)?;
+        {
+            let events = tx.open_table(EVENTS).map_err(unavailable)?;
+            let mut meta = tx.open_table(META).map_err(unavailable)?;
+            let layout = meta.get("layout").map_err(unavailable)?.map(|v| v.value());
+            match layout {
+                Some(LAYOUT) => {}
+                None if events.is_empty().map_err(unavailable)? => {
+                    meta.insert("layout", LAYOUT).map_err(unavailable)?;
+                }
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "this data dir has store layout {}, this tally reads layout {LAYOUT}: \
+                         ingest its files again into a new data dir",
+                        other.unwrap_or(1)
+                    )));
+                }
+            }
+        }
+        tx.open_table(REFUSALS).map_err(unavailable)?;
+        tx.open_table(REVERSED).map_err(unavailable)?;
         tx.open_table(TIPS).map_err(unavailable)?;
         tx.open_table(SNAPSHOTS).map_err(unavailable)?;
         tx.open_table(QUARANTINE).map_err(unavailable)?;
+        tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let index = Arc::new(RwLock::new(build_index(&db)?));
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone(), index.clone())
+            .map_err(|e| unavailable(format_args!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            committer: Arc::new(committer),
+            db,
+            index,
+        })
+    }
+
+    /// Txn ids in the in-memory index (what it costs: ~30 bytes each).
+    pub fn indexed_txns(&self) -> usize {
+        read_index(&self.index).len()
+    }
+
+    /// The outcome of `txn`, read consistently with the tip in `tx`.
+    fn outcome_in(
+        &self,
+        tx: &redb::ReadTransaction,
+        account: &AccountId,
+        txns: &[TxnId],
+    ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
+        let events = tx.open_table(EVENTS).map_err(unavailable)?;
+        let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
+        let index = read_index(&self.index);
+        txns.iter()
+            .map(|t| Ok(lookup(&index, &events, &refusals, account.as_str(), t)?.map(|(o, _)| o)))
+            .collect()
     }
 
     fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
@@ -129,29 +292,51 @@ impl EmbeddedStore {
     fn read_sync(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let events = tx.open_table(EVENTS).map_err(unavailable)?;
-        // The page holding `from` starts at or before it.
-        let start = match events
-            .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
-            .map_err(unavailable)?
-            .next_back()
-        {
-            Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
-            None => 0,
-        };
+        read_range(&events, account, from, to)
+    }
+
+    fn segments_sync(
+        &self,
+        account: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(SEGMENTS).map_err(unavailable)?;
         let mut out = Vec::new();
-        for entry in events
-            .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+        let range = event_key(account, from).as_slice().to_vec()..=event_key(account, u64::MAX);
+        for entry in table
+            .range(range.start().as_slice()..=range.end().as_slice())
             .map_err(unavailable)?
+            .take(limit)
         {
-            let (_, bytes) = entry.map_err(unavailable)?;
-            let page = decode_page(bytes.value()).map_err(corrupt)?;
-            out.extend(
-                page.into_events()
-                    .into_iter()
-                    .filter(|e| e.version >= from && e.version <= to),
-            );
+            let (k, v) = entry.map_err(unavailable)?;
+            out.push(decode_segment(key_version(k.value()), v.value()).map_err(corrupt)?);
         }
         Ok(out)
+    }
+
+    /// Makes every earlier commit durable (snapshots are committed without waiting for the
+    /// disk): called on a clean shutdown, so a stopped process leaves no lagging snapshot.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(unavailable)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Appends on the caller's thread, bypassing the writer thread: for the simulator, whose
+    /// runs must not depend on another thread's timing. Same semantics as `append`.
+    pub(crate) fn append_now(&self, appends: &[Append]) -> Vec<Appended> {
+        super::append::append_group(&self.db, &self.index, &[appends])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// (Durable append transactions committed, append requests they carried): what group
+    /// commit saves is the difference.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.committer.counts()
     }
 
     /// All quarantined records (for `tally` tooling and tests).
@@ -173,145 +358,6 @@ impl EmbeddedStore {
         }
         Ok(out)
     }
-
-    /// Checks every append against the stored state plus what earlier appends of this call
-    /// staged, then writes all staged entries in key order: sorted inserts keep each B-tree
-    /// leaf copied once per transaction (random-order inserts copied a leaf per insert).
-    fn append_sync(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
-        let run = || -> Result<Vec<Result<(), AppendError>>, StoreError> {
-            let mut tx = self.db.begin_write().map_err(unavailable)?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(unavailable)?;
-            let results = {
-                let mut events = tx.open_table(EVENTS).map_err(unavailable)?;
-                let mut markers = tx.open_table(MARKERS).map_err(unavailable)?;
-                let mut tips = tx.open_table(TIPS).map_err(unavailable)?;
-                let mut staged = Staged::default();
-                let results: Vec<Result<(), AppendError>> = appends
-                    .iter()
-                    .map(|append| {
-                        check_append(append, &markers, &tips, &staged)
-                            .and_then(|w| staged.add(append, w))
-                    })
-                    .collect();
-                for (k, v) in &staged.events {
-                    events
-                        .insert(k.as_slice(), v.as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, m) in &staged.markers {
-                    markers
-                        .insert(k.as_slice(), encode_marker(m).as_slice())
-                        .map_err(unavailable)?;
-                }
-                for (k, t) in &staged.tips {
-                    tips.insert(k.as_str(), encode_tip(t).as_slice())
-                        .map_err(unavailable)?;
-                }
-                results
-            };
-            tx.commit().map_err(unavailable)?;
-            Ok(results)
-        };
-        match run() {
-            Ok(results) => results,
-            Err(e) => appends
-                .iter()
-                .map(|_| Err(AppendError::Store(e.clone())))
-                .collect(),
-        }
-    }
-}
-
-/// Writes of one `append` call, not yet in the tables, sorted by key.
-#[derive(Default)]
-struct Staged {
-    events: BTreeMap<Vec<u8>, Vec<u8>>,
-    markers: BTreeMap<Vec<u8>, StoredTxn>,
-    tips: BTreeMap<String, AccountState>,
-}
-
-impl Staged {
-    fn add(&mut self, append: &Append, marker_writes: MarkerWrites) -> Result<(), AppendError> {
-        let account = append.account.as_str();
-        let page = Page::new(append.account.clone(), append.events.clone()).map_err(corrupt)?;
-        let bytes = encode_page(&WirePage::from_page(&page)).map_err(corrupt)?;
-        self.events
-            .insert(event_key(account, page.first_version()), bytes.to_vec());
-        for (txn, marker) in marker_writes {
-            self.markers.insert(marker_key(account, &txn), marker);
-        }
-        let last = &append.events[append.events.len() - 1];
-        self.tips
-            .insert(account.to_owned(), AccountState::after(last));
-        Ok(())
-    }
-}
-
-/// Marker writes an append will make once its conditions hold.
-type MarkerWrites = Vec<(String, StoredTxn)>;
-
-/// Checks every condition of one append without writing anything.
-fn check_append(
-    append: &Append,
-    markers: &redb::Table<&[u8], &[u8]>,
-    tips: &redb::Table<&str, &[u8]>,
-    staged: &Staged,
-) -> Result<MarkerWrites, AppendError> {
-    let account = append.account.as_str();
-    let current = match staged.tips.get(account) {
-        Some(t) => t.version,
-        None => match tips.get(account).map_err(unavailable)? {
-            Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
-            None => 0,
-        },
-    };
-    if current != append.expected_version {
-        return Err(AppendError::Conflict { current });
-    }
-    let mut pending: HashMap<&str, StoredTxn> = HashMap::new();
-    let lookup =
-        |txn: &str, pending: &HashMap<&str, StoredTxn>| -> Result<Option<StoredTxn>, AppendError> {
-            if let Some(m) = pending.get(txn) {
-                return Ok(Some(*m));
-            }
-            let key = marker_key(account, txn);
-            if let Some(m) = staged.markers.get(&key) {
-                return Ok(Some(*m));
-            }
-            match markers.get(key.as_slice()).map_err(unavailable)? {
-                Some(v) => Ok(Some(decode_marker(v.value()).map_err(corrupt)?)),
-                None => Ok(None),
-            }
-        };
-    for event in &append.events {
-        if lookup(event.txn_id.as_str(), &pending)?.is_some() {
-            return Err(AppendError::DuplicateTxn(event.txn_id.clone()));
-        }
-        if let EventKind::Reversed { reverses, .. } = &event.kind {
-            let mut target = lookup(reverses.as_str(), &pending)?
-                .ok_or_else(|| AppendError::TargetReversed(reverses.clone()))?;
-            if target.record.reversed {
-                return Err(AppendError::TargetReversed(reverses.clone()));
-            }
-            target.record.reversed = true;
-            pending.insert(reverses.as_str(), target);
-        }
-        let record = event
-            .txn_record(false)
-            .ok_or_else(|| corrupt("event with an impossible delta"))?;
-        pending.insert(
-            event.txn_id.as_str(),
-            StoredTxn {
-                version: event.version,
-                record,
-            },
-        );
-    }
-    Ok(pending
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect())
 }
 
 impl EventStore for EmbeddedStore {
@@ -323,54 +369,34 @@ impl EventStore for EmbeddedStore {
         &self,
         account: &AccountId,
         txns: &[TxnId],
-    ) -> Result<(AccountState, Vec<Option<StoredTxn>>), StoreError> {
+    ) -> Result<(AccountState, Vec<Option<TxnOutcome>>), StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let tips = tx.open_table(TIPS).map_err(unavailable)?;
         let tip = match tips.get(account.as_str()).map_err(unavailable)? {
             Some(v) => decode_tip(v.value()).map_err(corrupt)?,
             None => AccountState::default(),
         };
-        if tip.version == 0 {
-            return Ok((tip, vec![None; txns.len()]));
-        }
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        let found = txns
-            .iter()
-            .map(|t| {
-                match markers
-                    .get(marker_key(account.as_str(), t.as_str()).as_slice())
-                    .map_err(unavailable)?
-                {
-                    Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
-                    None => Ok(None),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((tip, found))
+        // Even an account with no events may have refused txn ids: always look.
+        Ok((tip, self.outcome_in(&tx, account, txns)?))
     }
 
-    async fn txn(&self, account: &AccountId, txn: &TxnId) -> Result<Option<StoredTxn>, StoreError> {
+    async fn txn(
+        &self,
+        account: &AccountId,
+        txn: &TxnId,
+    ) -> Result<Option<TxnOutcome>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
-        let markers = tx.open_table(MARKERS).map_err(unavailable)?;
-        match markers
-            .get(marker_key(account.as_str(), txn.as_str()).as_slice())
-            .map_err(unavailable)?
-        {
-            Some(v) => decode_marker(v.value()).map(Some).map_err(corrupt),
-            None => Ok(None),
-        }
+        Ok(self
+            .outcome_in(&tx, account, std::slice::from_ref(txn))?
+            .pop()
+            .flatten())
     }
 
-    async fn append(&self, appends: Vec<Append>) -> Vec<Result<(), AppendError>> {
+    async fn append(&self, appends: Vec<Append>) -> Vec<Appended> {
         if appends.is_empty() {
             return Vec::new();
         }
-        let store = self.clone();
-        // The commit waits for fsync: keep it off the async worker threads.
-        match tokio::task::spawn_blocking(move || store.append_sync(appends)).await {
-            Ok(results) => results,
-            Err(e) => vec![Err(AppendError::Store(unavailable(e)))],
-        }
+        self.committer.append(appends).await
     }
 
     async fn read(
@@ -380,6 +406,15 @@ impl EventStore for EmbeddedStore {
         to: u64,
     ) -> Result<Vec<Event>, StoreError> {
         self.read_sync(account.as_str(), from, to)
+    }
+
+    async fn segments(
+        &self,
+        account: &AccountId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Segment>, StoreError> {
+        self.segments_sync(account.as_str(), from, limit)
     }
 
     async fn accounts(

@@ -3,7 +3,6 @@
 //! turns to `Stored` only on a successful write, or when the store already holds a snapshot
 //! covering the group; whatever is left after the last round stays failed.
 
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use super::{Fate, Grouped, Projector, SNAPSHOT_RETRIES_MAX, put};
@@ -24,14 +23,12 @@ pub(super) struct Pending {
     pub snapshot: Snapshot,
 }
 
-/// The pause before write round `round` after a throttled round: exponential up to
-/// `RETRY_DELAY_MS_MAX`, jittered by a hash of the first account still to write (distinct
-/// projectors spread out; the same batch waits the same, so a simulation replays).
-fn backoff(round: u32, first_account: &str) -> Duration {
+/// The pause before write round `round` after a throttled round: full jitter, uniform in
+/// (0, min(`RETRY_DELAY_MS_MAX`, 2^round ms)]. Drawn from [`crate::entropy`], so projectors
+/// racing on the same accounts spread out, and a simulation (which seeds it) replays.
+fn backoff(round: u32) -> Duration {
     let ceiling_ms = (1u64 << round.min(16)).min(RETRY_DELAY_MS_MAX);
-    let mut h = foldhash::fast::FixedState::with_seed(u64::from(round)).build_hasher();
-    h.write(first_account.as_bytes());
-    Duration::from_micros(h.finish() % (ceiling_ms * 1_000) + 1)
+    Duration::from_micros(crate::entropy::next_u64() % (ceiling_ms * 1_000) + 1)
 }
 
 impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
@@ -47,11 +44,11 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         // (a conflict is resolved from the item the write returned).
         let mut throttled = false;
         for round in 0..SNAPSHOT_RETRIES_MAX {
-            let Some(first) = pending.first() else {
+            if pending.is_empty() {
                 return;
-            };
+            }
             if std::mem::take(&mut throttled) {
-                tokio::time::sleep(backoff(round, account(first))).await;
+                tokio::time::sleep(backoff(round)).await;
             }
             let puts = pending
                 .iter()

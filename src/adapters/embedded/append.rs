@@ -1,0 +1,381 @@
+//! The embedded store's conditional append: every page checked against stored plus staged
+//! state, an account stopping at its first failing page, and the staged writes of many
+//! requests applied in one durable write transaction (group commit, `commit.rs`).
+//!
+//! Must never: write a page whose conditions failed, write an account's page after one of
+//! its pages failed, or answer a request with anything but one `Appended` per `Append`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use redb::{Database, Durability, ReadableTable};
+
+use super::index::{Origin, Slot, TxnIndex, lookup};
+use super::store::{
+    EVENTS, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range,
+    split_marker_key, unavailable,
+};
+use crate::codec::encode_events;
+use crate::codec::stored::{decode_tip, encode_outcome, encode_segment, encode_tip};
+use crate::domain::{
+    AccountId, AccountState, Entry, EventKind, RecordError, Segment, TxnId, TxnOutcome, record,
+};
+use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
+
+/// The tables a group reads and writes, open in one write transaction.
+struct Tables<'t> {
+    events: Table<'t, &'static [u8]>,
+    refusals: Table<'t, &'static [u8]>,
+    tips: Table<'t, &'static str>,
+}
+
+/// Applies each request's appends, in order, in one durable write transaction, then records
+/// the new outcomes in the txn index; one result list per request. A backend failure fails
+/// every append of every request (and leaves the index as it was).
+pub(super) fn append_group(
+    db: &Database,
+    index: &RwLock<TxnIndex>,
+    requests: &[&[Append]],
+) -> Vec<Vec<Appended>> {
+    let run = || -> Result<(Vec<Vec<Appended>>, Staged), StoreError> {
+        let mut tx = db.begin_write().map_err(unavailable)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(unavailable)?;
+        let (results, staged) = {
+            let mut t = Tables {
+                events: tx.open_table(EVENTS).map_err(unavailable)?,
+                refusals: tx.open_table(REFUSALS).map_err(unavailable)?,
+                tips: tx.open_table(TIPS).map_err(unavailable)?,
+            };
+            let mut staged = Staged::default();
+            let results: Vec<Vec<Appended>> = {
+                let index = index
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                requests
+                    .iter()
+                    .map(|appends| {
+                        appends
+                            .iter()
+                            .map(|a| append_account(a, &t, &index, &mut staged))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let mut reversed = tx.open_table(REVERSED).map_err(unavailable)?;
+            let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
+            write_staged(&staged, &mut t, &mut reversed)?;
+            summarize_completed(&staged, &t.events, &mut segments)?;
+            (results, staged)
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok((results, staged))
+    };
+    match run() {
+        Ok((results, staged)) => {
+            let mut index = index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            staged.apply(&mut index);
+            results
+        }
+        Err(e) => requests
+            .iter()
+            .map(|appends| failed_all(appends.len(), &e))
+            .collect(),
+    }
+}
+
+/// Inserts the staged rows in key order: pages, refusals, reversed flags, tips.
+fn write_staged(
+    staged: &Staged,
+    t: &mut Tables<'_>,
+    reversed: &mut Table<'_, &'static [u8]>,
+) -> Result<(), StoreError> {
+    for (k, v) in &staged.events {
+        t.events
+            .insert(k.as_slice(), v.as_slice())
+            .map_err(unavailable)?;
+    }
+    for (k, (outcome, origin)) in &staged.markers {
+        match outcome {
+            TxnOutcome::Refused(_) if *origin == Origin::New => {
+                t.refusals
+                    .insert(k.as_slice(), encode_outcome(outcome).as_slice())
+                    .map_err(unavailable)?;
+            }
+            TxnOutcome::Booked { reversed: true, .. } => {
+                reversed
+                    .insert(k.as_slice(), [].as_slice())
+                    .map_err(unavailable)?;
+            }
+            _ => {}
+        }
+    }
+    for (k, tip) in &staged.tips {
+        t.tips
+            .insert(k.as_str(), encode_tip(tip).as_slice())
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// One failure per append: what a backend error that touched every account reports.
+pub(super) fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
+    (0..n)
+        .map(|_| Appended::failed(AppendError::Store(e.clone())))
+        .collect()
+}
+
+/// Writes of one group of requests, not yet in the tables, sorted by key: sorted inserts keep
+/// each B-tree leaf copied once per transaction.
+#[derive(Default)]
+struct Staged {
+    events: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// `marker_key` → the outcome after this group, and whether the index has the id.
+    markers: BTreeMap<Vec<u8>, (TxnOutcome, Origin)>,
+    tips: BTreeMap<String, AccountState>,
+    /// Each staged account's version before this call.
+    before: BTreeMap<String, u64>,
+}
+
+impl Staged {
+    /// After the commit: every new outcome into the index, every flipped flag updated.
+    fn apply(&self, index: &mut TxnIndex) {
+        for (key, (outcome, origin)) in &self.markers {
+            let Some((account, txn)) = split_marker_key(key) else {
+                continue; // keys are built from valid ids, which never contain NUL
+            };
+            let slot = match outcome {
+                TxnOutcome::Booked { event, reversed } => Slot::Booked {
+                    version: event.version,
+                    reversed: *reversed,
+                },
+                TxnOutcome::Refused(_) => Slot::Refused,
+            };
+            match origin {
+                Origin::New => index.insert(account, txn, slot),
+                Origin::Indexed { exact } => index.update(account, txn, *exact, slot),
+            }
+        }
+    }
+}
+
+/// Writes the summary of every segment this call's events completed (the events, staged
+/// ones included, are already in `events`).
+fn summarize_completed(
+    staged: &Staged,
+    events: &Table<&'static [u8]>,
+    segments: &mut Table<&'static [u8]>,
+) -> Result<(), StoreError> {
+    for (account, tip) in &staged.tips {
+        let before = staged.before.get(account).copied().unwrap_or(0);
+        for index in Segment::completed(before, tip.version) {
+            let (first, last) = Segment::versions(index);
+            let summary = Segment::summarize(index, &read_range(events, account, first, last)?)
+                .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
+            segments
+                .insert(
+                    event_key(account, index).as_slice(),
+                    encode_segment(&summary).as_slice(),
+                )
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
+
+/// One account's pages, in order, stopping at the first that fails.
+fn append_account(
+    append: &Append,
+    t: &Tables<'_>,
+    index: &TxnIndex,
+    staged: &mut Staged,
+) -> Appended {
+    let account = append.account.as_str();
+    let mut expected = append.expected_version;
+    for (i, page) in append.pages.iter().enumerate() {
+        let bytes = match encoded_page(&append.account, expected, page) {
+            Ok(b) => b,
+            Err(e) => return stopped(i, e.into()),
+        };
+        let outcome = check_page(account, expected, page, t, index, staged)
+            .map(|writes| stage(account, page, bytes.as_deref(), writes, staged));
+        match outcome {
+            Ok(()) => {}
+            // A page that was written before (a retry after a timeout) succeeds again.
+            Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
+                if already_written(account, page, bytes.as_deref(), t, index).unwrap_or(false) => {}
+            Err(e) => return stopped(i, e),
+        }
+        if let Some(last) = page.events.last() {
+            expected = last.version;
+        }
+    }
+    Appended {
+        pages: append.pages.len(),
+        error: None,
+    }
+}
+
+fn stopped(pages: usize, error: AppendError) -> Appended {
+    Appended {
+        pages,
+        error: Some(error),
+    }
+}
+
+/// The stored bytes of a page's events (`None` for a page of refusals only).
+fn encoded_page(
+    account: &AccountId,
+    expected: u64,
+    page: &PageWrite,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    page.check_shape(expected)?;
+    if page.events.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        encode_events(account, &page.events)
+            .map_err(corrupt)?
+            .to_vec(),
+    ))
+}
+
+/// Checks one page's conditions against stored plus staged state; returns the outcome
+/// writes it makes (the marker rule of `domain::record`) with where each id was found,
+/// writing nothing.
+fn check_page(
+    account: &str,
+    expected: u64,
+    page: &PageWrite,
+    t: &Tables<'_>,
+    index: &TxnIndex,
+    staged: &Staged,
+) -> Result<Vec<(TxnId, TxnOutcome, Origin)>, AppendError> {
+    if !page.events.is_empty() {
+        let current = match staged.tips.get(account) {
+            Some(tip) => tip.version,
+            None => match t.tips.get(account).map_err(unavailable)? {
+                Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
+                None => 0,
+            },
+        };
+        if current != expected {
+            return Err(AppendError::Conflict { current });
+        }
+    }
+    let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
+    let mut origins: HashMap<TxnId, Origin> = HashMap::new();
+    for txn in touched(page) {
+        if let Some((o, origin)) = stored_outcome(account, txn, t, index, staged)? {
+            view.insert(txn.clone(), o);
+            origins.insert(txn.clone(), origin);
+        }
+    }
+    for event in &page.events {
+        record(&mut view, Entry::Booked(event)).map_err(append_error)?;
+    }
+    for refusal in &page.refusals {
+        record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
+    }
+    Ok(view
+        .into_iter()
+        .map(|(txn, outcome)| {
+            let origin = origins.get(&txn).copied().unwrap_or(Origin::New);
+            (txn, outcome, origin)
+        })
+        .collect())
+}
+
+/// Every txn id a page's recording reads or writes.
+fn touched(page: &PageWrite) -> impl Iterator<Item = &TxnId> {
+    page.events
+        .iter()
+        .flat_map(|e| {
+            let target = match &e.kind {
+                EventKind::Reversed { reverses, .. } => Some(reverses),
+                _ => None,
+            };
+            std::iter::once(&e.txn_id).chain(target)
+        })
+        .chain(page.refusals.iter().map(|r| r.command.txn_id()))
+}
+
+fn append_error(e: RecordError) -> AppendError {
+    match e {
+        RecordError::Taken(t) => AppendError::DuplicateTxn(t),
+        RecordError::TargetNotLive(t) => AppendError::TargetReversed(t),
+    }
+}
+
+/// An id's outcome as this group sees it: staged by an earlier page of the group, else
+/// committed (the index, confirmed against the tables).
+fn stored_outcome(
+    account: &str,
+    txn: &TxnId,
+    t: &Tables<'_>,
+    index: &TxnIndex,
+    staged: &Staged,
+) -> Result<Option<(TxnOutcome, Origin)>, StoreError> {
+    if let Some((o, origin)) = staged.markers.get(&marker_key(account, txn.as_str())) {
+        return Ok(Some((o.clone(), *origin)));
+    }
+    lookup(index, &t.events, &t.refusals, account, txn)
+}
+
+fn stage(
+    account: &str,
+    page: &PageWrite,
+    bytes: Option<&[u8]>,
+    writes: Vec<(TxnId, TxnOutcome, Origin)>,
+    staged: &mut Staged,
+) {
+    if let (Some(first), Some(last), Some(bytes)) = (page.events.first(), page.events.last(), bytes)
+    {
+        staged
+            .events
+            .insert(event_key(account, first.version), bytes.to_vec());
+        if !staged.before.contains_key(account) {
+            staged.before.insert(account.to_owned(), first.version - 1);
+        }
+        staged
+            .tips
+            .insert(account.to_owned(), AccountState::after(last));
+    }
+    for (txn, outcome, origin) in writes {
+        staged
+            .markers
+            .insert(marker_key(account, txn.as_str()), (outcome, origin));
+    }
+}
+
+/// Whether this exact page is already stored (its events' bytes at their key, and each
+/// refusal as recorded): then a retry of it succeeds without writing.
+fn already_written(
+    account: &str,
+    page: &PageWrite,
+    bytes: Option<&[u8]>,
+    t: &Tables<'_>,
+    index: &TxnIndex,
+) -> Result<bool, StoreError> {
+    if let (Some(first), Some(bytes)) = (page.events.first(), bytes) {
+        match t
+            .events
+            .get(event_key(account, first.version).as_slice())
+            .map_err(unavailable)?
+        {
+            Some(stored) if stored.value() == bytes => {}
+            _ => return Ok(false),
+        }
+    }
+    for r in &page.refusals {
+        let stored = lookup(index, &t.events, &t.refusals, account, r.command.txn_id())?;
+        if stored.map(|(o, _)| o) != Some(TxnOutcome::Refused(r.clone())) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,313 @@
+//! The defects of issue 8 as a new user found them, kept as tests over real sockets and the
+//! real CLI: concurrent bulk requests on the same accounts, an undecodable line deep in a bulk
+//! body, and `verify` seeing (not repairing) a lagging snapshot.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tally::adapters::embedded::EmbeddedStore;
+use tally::app::{Embedded, Settings};
+use tally::domain::{AccountId, Command, Money, Policy, Timestamp, TxnId};
+use tally::ports::{EventPublisher, OutRecord, StoreError};
+use tally::service::command::{AccountChunk, CommandService};
+
+use crate::http::send;
+
+async fn serve(app: &Arc<Embedded>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+fn csv(rows: impl Iterator<Item = String>) -> String {
+    let mut body = String::from("txn_id,account,kind,amount,occurred_at,reverses\n");
+    for r in rows {
+        body.push_str(&r);
+        body.push('\n');
+    }
+    body
+}
+
+/// Bulk bodies posted at the same moment, on the same 60 accounts: 33 deposits of 100 (two
+/// pages per account) and 32 deposits of 1, twice each. Before the fix, an account whose first page
+/// lost the race still committed its second page on top of the winner's events: 31 of 60
+/// accounts ended with a broken chain, a phantom "duplicate", and a 503 balance forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_requests_on_the_same_accounts_book_everything_once() {
+    let app = Arc::new(Embedded::start(None, Settings::default()).await.unwrap());
+    let addr = serve(&app).await;
+    let accounts: Vec<String> = (0..60).map(|i| format!("race{i}")).collect();
+    let body = |prefix: &str, n: usize, amount: i64| {
+        csv(accounts.iter().flat_map(|a| {
+            (0..n).map(move |i| {
+                format!("{prefix}-{a}-{i},{a},deposit,{amount},2026-11-01T09:00:00Z,")
+            })
+        }))
+    };
+    // Rounds of four requests at once: two with two pages per account, two with one.
+    let rounds = 6;
+    for round in 0..rounds {
+        let bodies = [
+            body(&format!("a{round}"), 33, 100),
+            body(&format!("b{round}"), 32, 1),
+            body(&format!("c{round}"), 33, 100),
+            body(&format!("d{round}"), 32, 1),
+        ];
+        let replies = futures_util::future::join_all(
+            bodies
+                .iter()
+                .map(|b| send(addr, "POST", "/v1/transactions", "text/csv", b.as_bytes())),
+        )
+        .await;
+        for (r, rows) in replies.iter().zip([60 * 33, 60 * 32, 60 * 33, 60 * 32]) {
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = r.json();
+            assert_eq!(
+                (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+                (Some(rows), Some(0)),
+                "round {round}: {}",
+                r.body
+            );
+        }
+    }
+    app.drain().await;
+    for a in &accounts {
+        let r = send(
+            addr,
+            "GET",
+            &format!("/v1/accounts/{a}/balance"),
+            "application/json",
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{a}: {}", r.body);
+        let v: Value = r.json();
+        assert_eq!(
+            (v["version"].as_u64(), v["balance"].as_i64()),
+            (Some(rounds * 130), Some(rounds as i64 * 6664)),
+            "{a}"
+        );
+    }
+    let report = tally::service::audit::verify(&app.store, &app.store)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// 70,000 valid NDJSON rows, then a line that is not UTF-8, then one more row. Before the fix
+/// the answer was a 422 "nothing happened" while the first 65,536 rows had been booked. Now
+/// the bad line is an invalid row like any other and the rest goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_body_with_an_undecodable_line_reports_it_as_a_row_and_books_the_rest() {
+    let app = Arc::new(Embedded::start(None, Settings::default()).await.unwrap());
+    let addr = serve(&app).await;
+    let mut body = Vec::new();
+    let row = |i: usize| {
+        format!(
+            "{{\"txn_id\":\"n{i}\",\"account\":\"nd{}\",\"kind\":\"deposit\",\"amount\":1,\"occurred_at\":\"2026-11-01T09:00:00Z\"}}\n",
+            i % 100
+        )
+    };
+    for i in 0..70_000 {
+        body.extend_from_slice(row(i).as_bytes());
+    }
+    body.extend_from_slice(b"{\"txn_id\":\"bad\xff\xfe\"}\n");
+    body.extend_from_slice(row(70_000).as_bytes());
+    let r = send(
+        addr,
+        "POST",
+        "/v1/transactions",
+        "application/x-ndjson",
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(500)]);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["rows"].as_u64(),
+            v["accepted"].as_u64(),
+            v["invalid"].as_u64(),
+            v["unprocessed"].as_u64()
+        ),
+        (Some(70_002), Some(70_001), Some(1), Some(0))
+    );
+    assert_eq!(v["rejects"][0]["line"].as_u64(), Some(70_001));
+    assert!(
+        v["rejects"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{}",
+        v["rejects"][0]
+    );
+    app.drain().await;
+    let r = send(
+        addr,
+        "GET",
+        "/v1/accounts/nd0/balance",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["balance"].as_i64(), Some(701));
+}
+
+fn tally() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The CLI does the same with a file: the undecodable line is reported by number in the
+/// rejects file, every other row is booked, and the exit status is 0.
+#[test]
+fn the_cli_reports_an_undecodable_line_and_books_the_rest() {
+    let dir = temp_dir("utf8");
+    let file = dir.join("rows.ndjson");
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"txn_id\":\"c1\",\"account\":\"cli\",\"kind\":\"deposit\",\"amount\":5,\"occurred_at\":\"2026-11-01T09:00:00Z\"}\n");
+    body.extend_from_slice(b"\xc3\x28 not utf-8\n");
+    body.extend_from_slice(b"{\"txn_id\":\"c2\",\"account\":\"cli\",\"kind\":\"deposit\",\"amount\":7,\"occurred_at\":\"2026-11-01T09:00:00Z\"}\n");
+    std::fs::write(&file, body).unwrap();
+    let rejects = dir.join("rejects.csv");
+    let out = tally()
+        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
+        .arg(&file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 rows, 2 accepted"), "{stdout}");
+    assert!(stdout.contains("1 invalid"), "{stdout}");
+    let rejected = std::fs::read_to_string(&rejects).unwrap();
+    assert!(
+        rejected.lines().nth(1).unwrap().starts_with("2,,,invalid,"),
+        "{rejected}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A publisher that loses everything: events reach the store, never the snapshots.
+struct Lost;
+
+impl EventPublisher for Lost {
+    async fn publish(&self, _records: Vec<OutRecord>) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("lost".into()))
+    }
+}
+
+/// `verify` reads and reports: a snapshot behind its events is listed (with counts) and the
+/// exit status is 1, however often it runs; `replay` repairs, and then `verify` is clean.
+/// Before the fix `verify` ran catch-up first and so reported nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_lagging_snapshot_without_repairing_it() {
+    let dir = temp_dir("lag");
+    {
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let service = CommandService::new(
+            store.clone(),
+            Lost,
+            Policy::default(),
+            64,
+            Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
+        );
+        let chunks = (0..3)
+            .map(|a| AccountChunk {
+                account: AccountId::new(format!("lag{a}")).unwrap(),
+                commands: (0..2)
+                    .map(|i| Command::Deposit {
+                        txn_id: TxnId::new(format!("l{i}")).unwrap(),
+                        amount: Money(10),
+                        occurred_at: Timestamp::from_millis(1_793_523_600_000).unwrap(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        service.submit_chunks(chunks).await.into_result().unwrap();
+    }
+    let run = |cmd: &str| {
+        let out = tally()
+            .args(["--data-dir", dir.to_str().unwrap(), cmd])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for _ in 0..2 {
+        let (code, text) = run("verify");
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("3 lagging snapshots"), "{text}");
+        assert!(
+            text.contains("LAGGING lag0: snapshot at version 0, events up to 2"),
+            "{text}"
+        );
+    }
+    let (code, text) = run("replay");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run("verify");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("3 accounts, 6 events: 0 differences, 0 lagging"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Group commit: 200 commands sent at once to a store on disk share durable commits, and
+/// each gets exactly the outcome it would alone (here: booked, with its own event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_share_durable_commits_and_keep_their_outcomes() {
+    use tally::service::command::CommandOutcome;
+    let dir = temp_dir("group");
+    let store = EmbeddedStore::open(&dir).unwrap();
+    let service = Arc::new(CommandService::new(
+        store.clone(),
+        tally::adapters::embedded::stream::EmbeddedStream::new(1, Arc::default()),
+        Policy::default(),
+        64,
+        Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
+    ));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let account = AccountId::new(format!("g{}", i % 20)).unwrap();
+                let command = Command::Deposit {
+                    txn_id: TxnId::new(format!("g{i}")).unwrap(),
+                    amount: Money(i + 1),
+                    occurred_at: Timestamp::from_millis(1_793_523_600_000).unwrap(),
+                };
+                service.submit(account, command).await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap().unwrap() {
+            CommandOutcome::Booked(e) => assert_eq!(e.txn_id.as_str(), format!("g{i}")),
+            other => panic!("g{i}: {other:?}"),
+        }
+    }
+    let (commits, requests) = store.commit_counts();
+    assert!(requests >= 200, "{requests}");
+    assert!(
+        commits * 2 <= requests,
+        "{commits} commits for {requests} requests: no grouping"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
