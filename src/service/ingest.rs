@@ -162,11 +162,11 @@ enum Windows<R: Read> {
     /// Read on the calling task when needed: no thread, so a simulation under paused time
     /// replays (a reader thread's pace is real time, and would decide what a waiting task
     /// sees when the simulated clock moves on).
-    Inline { rows: RowReader<R>, done: bool },
+    Inline { rows: Box<RowReader<R>>, done: bool },
 }
 
 impl<R: Read + Send + 'static> Windows<R> {
-    fn ahead(mut rows: RowReader<R>) -> Result<Windows<R>, IngestError> {
+    fn ahead(mut rows: RowReader<R>) -> std::io::Result<Windows<R>> {
         let (tx, windows) = tokio::sync::mpsc::channel(WINDOWS_AHEAD_MAX);
         let reader = std::thread::Builder::new()
             .name("tally-read".into())
@@ -177,14 +177,6 @@ impl<R: Read + Send + 'static> Windows<R> {
                         return; // the receiver is gone
                     }
                 }
-            })
-            .map_err(|e| {
-                IngestError::Input(RowError {
-                    line: 0,
-                    field: None,
-                    message: format!("cannot start the reader thread: {e}"),
-                    fatal: true,
-                })
             })?;
         Ok(Windows::Ahead { windows, reader })
     }
@@ -218,7 +210,15 @@ where
     P: EventPublisher,
     W: Write,
 {
-    ingest_from(Windows::ahead(rows)?, service, rejects, progress).await
+    let windows = Windows::ahead(rows).map_err(|e| {
+        IngestError::Input(RowError {
+            line: 0,
+            field: None,
+            message: format!("cannot start the reader thread: {e}"),
+            fatal: true,
+        })
+    })?;
+    ingest_from(windows, service, rejects, progress).await
 }
 
 /// [`ingest`] without the reader thread: each window is read on the calling task. For the
@@ -235,7 +235,10 @@ where
     P: EventPublisher,
     W: Write,
 {
-    let windows = Windows::Inline { rows, done: false };
+    let windows = Windows::Inline {
+        rows: Box::new(rows),
+        done: false,
+    };
     ingest_from(windows, service, rejects, progress).await
 }
 
