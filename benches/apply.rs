@@ -5,6 +5,7 @@ use std::hint::black_box;
 use tally::domain::{Effect, Event, Snapshot, apply, apply_effect};
 
 mod support;
+use support::CpuTime;
 
 fn effects(n: usize) -> Vec<Event> {
     let pages = support::aggregates(&support::events(1, n, support::Mix::Uniform, 7), 1, n, 1);
@@ -39,7 +40,7 @@ impl PipeEvent for tally::codec::WirePage {
     }
 }
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<CpuTime>) {
     const N: usize = 10_000;
     let events = effects(N);
     let fx: Vec<Effect> = events.iter().map(|e| e.effect().unwrap()).collect();
@@ -78,5 +79,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = bench
+}
 criterion_main!(benches);

@@ -1,195 +1,203 @@
-//! The projector's pure hot path on a realistic Lambda input: the Kinesis event JSON bytes
-//! (data base64, every field Lambda sends) → decoded → grouped by account → folded → the
-//! list of snapshot writes. Side by side:
+//! The projector Lambda's handler, exactly as the `projector` binary calls it:
+//! `KinesisHandler::handle(payload JSON bytes)` → partial-batch response, on a warm instance
+//! (every account of the batch in the snapshot cache, as after a previous batch). Snapshot
+//! writes go to a sink store (support::Sink), so the figure is the projector's own CPU; on
+//! AWS the writes are DynamoDB calls.
 //!
-//! - `ours`: lean borrowed JSON reader + base64 into an aligned arena + checksummed,
-//!   validated rkyv read in place + fold;
-//! - `ours_via_lambda_events`: the same after deserializing `aws_lambda_events::KinesisEvent`
-//!   (what a `LambdaEvent<KinesisEvent>` handler receives);
-//! - `baseline_serde`: `aws_lambda_events::KinesisEvent` + serde_json record payloads
-//!   grouped into owned strings and vectors: the plain serde path.
+//! - `handler`: the function the binary calls, payload bytes in, response out;
+//! - `runtime_and_handler`: the same preceded by what lambda_runtime does with the body
+//!   before the handler runs (`serde_path_to_error` over `serde_json`, into a borrowed-then-
+//!   boxed `RawValue`), i.e. the whole invocation inside the process;
+//! - with `STAGES=1`, its stages alone: reading the event JSON into a record batch, then
+//!   decoding and grouping, then folding.
 //!
 //! Inputs: 10,000 records of one event each, and aggregated records of ~100 events each
-//! (60,000 events, which keeps the JSON under Lambda's 6 MB payload limit); uniform and
-//! Zipf(1.0) account mixes over 10,000 accounts.
+//! (60,000 events); uniform and Zipf(1.0) account mixes over 10,000 accounts. The baseline
+//! (the code before the transport-neutral projector) is measured by `benches/baseline/run.sh`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
-use aws_lambda_events::event::kinesis::KinesisEvent;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tally::codec::WireAggregate;
-use tally::codec::kinesis::{Arena, KinesisBatch};
-use tally::domain::{Effect, Money, Snapshot, Timestamp};
-use tally::service::projector::{SnapshotCache, fold_group, group, plan};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::value::RawValue;
+use tally::adapters::embedded::EmbeddedStore;
+use tally::codec::batch::RecordBatch;
+use tally::codec::kinesis::read_event;
+use tally::domain::Snapshot;
+use tally::lambda::KinesisHandler;
+use tally::service::metrics::Metrics;
+use tally::service::projector::{Projector, fold_group, group};
 
 mod support;
-use support::Mix;
+use support::{CpuTime, Mix, Sink};
 
 const ACCOUNTS: usize = 10_000;
 
-struct Input {
-    json: Vec<u8>,
-    records: usize,
-    events: usize,
+type Handler = KinesisHandler<EmbeddedStore, Sink, EmbeddedStore>;
+
+/// A handler whose cache holds every account (it projected `warm`), and its metrics.
+fn warm_handler(
+    store: &EmbeddedStore,
+    warm: &[u8],
+    rt: &tokio::runtime::Runtime,
+) -> (Handler, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let handler = KinesisHandler::new(Projector::new(
+        store.clone(),
+        Sink,
+        store.clone(),
+        ACCOUNTS * 2,
+        metrics.clone(),
+    ));
+    let response = rt.block_on(handler.handle(warm)).unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    (handler, metrics)
 }
 
-fn input(mix: Mix, events: usize, per_record: usize, buckets: u32, payload_json: bool) -> Input {
-    let evs = support::events(ACCOUNTS, events, mix, 42);
-    let aggs = support::aggregates(&evs, ACCOUNTS, per_record, buckets);
-    let (payloads, keys) = if payload_json {
-        support::json_payloads(&aggs, buckets)
-    } else {
-        support::rkyv_payloads(&aggs, buckets)
-    };
-    let json = serde_json::to_vec(&support::kinesis_event(&payloads, &keys)).unwrap();
-    Input {
-        json,
-        records: aggs.len(),
-        events,
-    }
+/// What lambda_runtime does with an invocation body before calling the handler.
+fn runtime_deserialize(body: &[u8]) -> Box<RawValue> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).unwrap()
 }
 
-fn warm_cache() -> SnapshotCache {
-    let mut cache = SnapshotCache::new(ACCOUNTS * 2);
-    for a in 0..ACCOUNTS {
-        cache.commit(&support::account_name(a), Snapshot::default());
-    }
-    cache
+fn stages(g: &mut criterion::BenchmarkGroup<'_, CpuTime>, json: &[u8]) {
+    let mut batch = RecordBatch::new();
+    g.bench_function("stage_read_event", |b| {
+        b.iter(|| {
+            read_event(json, &mut batch).unwrap();
+            black_box(batch.len())
+        })
+    });
+    g.bench_function("stage_read_group", |b| {
+        b.iter(|| {
+            read_event(json, &mut batch).unwrap();
+            black_box(group(&batch).effects.len())
+        })
+    });
+    g.bench_function("stage_read_group_fold", |b| {
+        b.iter(|| {
+            read_event(json, &mut batch).unwrap();
+            let grouped = group(&batch);
+            let applied: u32 = grouped
+                .groups
+                .iter()
+                .map(|gr| fold_group(Snapshot::default(), grouped.effects_of(gr)).applied)
+                .sum();
+            black_box(applied)
+        })
+    });
+    g.bench_function("stage_runtime_raw_value", |b| {
+        b.iter(|| black_box(runtime_deserialize(json).get().len()))
+    });
 }
 
+/// The measured call, by name, for `valgrind --tool=callgrind --toggle-collect=*measured*`.
 #[inline(never)]
-/// Our path; returns the number of writes (and checks the fold saw every event).
-fn ours(json: &[u8], arena: &mut Arena, cache: &SnapshotCache, events: usize) -> usize {
-    let batch = KinesisBatch::parse(json).unwrap();
-    arena.fill(&batch);
-    let grouped = group(arena);
-    let p = plan(&grouped, cache);
-    assert_eq!(p.applied as usize, events);
-    p.writes.len()
+fn measured(handler: &Handler, json: &[u8], rt: &tokio::runtime::Runtime) -> usize {
+    let response = rt.block_on(handler.handle(json)).unwrap();
+    response.batch_item_failures.len()
 }
 
-fn ours_via_lambda_events(
-    json: &[u8],
-    arena: &mut Arena,
-    cache: &SnapshotCache,
-    events: usize,
-) -> usize {
-    let event: KinesisEvent = serde_json::from_slice(json).unwrap();
-    arena.clear();
-    for r in &event.records {
-        arena.push_bytes(&r.kinesis.data);
+/// `PROFILE=single/uniform` (or another shape/mix): warm a handler, make the measured call
+/// once, and exit; for an instruction profile under callgrind.
+fn profile_once(which: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = EmbeddedStore::in_memory().unwrap();
+    let (shape, mix) = which.split_once('/').expect("PROFILE=shape/mix");
+    let (events, per_record, buckets) = match shape {
+        "single" => (10_000, 1, 1024),
+        _ => (60_000, 100, 64),
+    };
+    let mix = if mix == "uniform" {
+        Mix::Uniform
+    } else {
+        Mix::Zipf(1.0)
+    };
+    let input = support::lambda_input(ACCOUNTS, events, per_record, buckets, mix);
+    if std::env::var_os("DUMP").is_some() {
+        std::fs::write("/tmp/event.json", &input.json).unwrap();
     }
-    let grouped = group(arena);
-    let p = plan(&grouped, cache);
-    assert_eq!(p.applied as usize, events);
-    p.writes.len()
+    let (handler, _) = warm_handler(&store, &input.warm, &rt);
+    assert_eq!(black_box(measured(&handler, &input.json, &rt)), 0);
 }
 
-/// The plain serde path: owned everything, same grouping and fold semantics.
-fn baseline_serde(json: &[u8], cache: &SnapshotCache, events: usize) -> usize {
-    let event: KinesisEvent = serde_json::from_slice(json).unwrap();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut groups: Vec<(String, usize, Vec<Effect>)> = Vec::new();
-    for (i, r) in event.records.iter().enumerate() {
-        let agg: WireAggregate = serde_json::from_slice(&r.kinesis.data).unwrap();
-        for page in agg.pages {
-            let g = *index.entry(page.account.clone()).or_insert_with(|| {
-                groups.push((page.account.clone(), i, Vec::new()));
-                groups.len() - 1
-            });
-            for (k, e) in page.events.iter().enumerate() {
-                let delta = match e.kind {
-                    tally::codec::WireKind::Deposited { amount } => amount,
-                    tally::codec::WireKind::Withdrawn { amount } => -amount,
-                    tally::codec::WireKind::Reversed { delta, .. } => delta,
-                };
-                groups[g].2.push(Effect {
-                    version: page.first_version + k as u64,
-                    delta: Money(delta),
-                    occurred_at: Timestamp::from_millis(e.occurred_at).unwrap(),
-                    recorded_at: Timestamp::from_millis(e.recorded_at).unwrap(),
-                    balance: Money(e.balance),
-                });
-            }
-        }
+fn bench(c: &mut Criterion<CpuTime>) {
+    if let Ok(which) = std::env::var("PROFILE") {
+        return profile_once(&which);
     }
-    let mut writes = Vec::new();
-    let mut applied = 0usize;
-    for (account, first, effects) in &groups {
-        let start = cache.get(account).unwrap();
-        let fold = fold_group(start, effects);
-        applied += fold.applied as usize;
-        writes.push((account.clone(), start.version, fold.snapshot, *first));
-    }
-    assert_eq!(applied, events);
-    writes.len()
-}
-
-fn bench(c: &mut Criterion) {
-    let cache = warm_cache();
-    let mut arena = Arena::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = EmbeddedStore::in_memory().unwrap();
     for (shape, events, per_record, buckets) in
         [("single", 10_000, 1, 1024), ("aggregated", 60_000, 100, 64)]
     {
         for mix in [Mix::Uniform, Mix::Zipf(1.0)] {
-            let ours_in = input(mix, events, per_record, buckets, false);
-            let base_in = input(mix, events, per_record, buckets, true);
+            let input = support::lambda_input(ACCOUNTS, events, per_record, buckets, mix);
             eprintln!(
-                "{shape}/{}: {} records, {} events, JSON {:.1} MB (rkyv) / {:.1} MB (serde_json payloads)",
+                "{shape}/{}: {} records, {} events, JSON {:.1} MB",
                 mix.label(),
-                ours_in.records,
-                ours_in.events,
-                ours_in.json.len() as f64 / 1e6,
-                base_in.json.len() as f64 / 1e6
+                input.records,
+                input.events,
+                input.json.len() as f64 / 1e6,
             );
             let mut g = c.benchmark_group(format!("projector_batch/{shape}/{}", mix.label()));
             g.sample_size(20);
             let unit = if shape == "single" {
-                ours_in.records
+                input.records
             } else {
-                ours_in.events
+                input.events
             };
             g.throughput(Throughput::Elements(unit as u64));
             if std::env::var_os("STAGES").is_some() {
-                g.bench_function("stage_parse", |b| {
-                    b.iter(|| black_box(KinesisBatch::parse(&ours_in.json).unwrap().records.len()))
-                });
-                g.bench_function("stage_parse_base64", |b| {
-                    b.iter(|| {
-                        let batch = KinesisBatch::parse(&ours_in.json).unwrap();
-                        arena.fill(&batch);
-                        black_box(arena.len())
-                    })
-                });
-                g.bench_function("stage_parse_base64_group", |b| {
-                    b.iter(|| {
-                        let batch = KinesisBatch::parse(&ours_in.json).unwrap();
-                        arena.fill(&batch);
-                        black_box(group(&arena).effects.len())
-                    })
-                });
+                stages(&mut g, &input.json);
             }
-            g.bench_function("ours", |b| {
-                b.iter(|| black_box(ours(&ours_in.json, &mut arena, &cache, events)))
+            let check = |metrics: &Metrics| {
+                let projected = metrics
+                    .events_projected
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(
+                    projected as usize,
+                    ACCOUNTS + events,
+                    "every event projected"
+                );
+            };
+            g.bench_function("handler", |b| {
+                b.iter_batched_ref(
+                    || warm_handler(&store, &input.warm, &rt),
+                    |(handler, metrics)| {
+                        let response = rt.block_on(handler.handle(&input.json)).unwrap();
+                        assert!(response.batch_item_failures.is_empty());
+                        check(metrics);
+                    },
+                    BatchSize::PerIteration,
+                )
             });
-            g.bench_function("ours_via_lambda_events", |b| {
-                b.iter(|| {
-                    black_box(ours_via_lambda_events(
-                        &ours_in.json,
-                        &mut arena,
-                        &cache,
-                        events,
-                    ))
-                })
-            });
-            g.bench_function("baseline_serde", |b| {
-                b.iter(|| black_box(baseline_serde(&base_in.json, &cache, events)))
+            g.bench_function("runtime_and_handler", |b| {
+                b.iter_batched_ref(
+                    || warm_handler(&store, &input.warm, &rt),
+                    |(handler, _)| {
+                        let payload = runtime_deserialize(&input.json);
+                        let response = rt
+                            .block_on(handler.handle(payload.get().as_bytes()))
+                            .unwrap();
+                        assert!(response.batch_item_failures.is_empty());
+                    },
+                    BatchSize::PerIteration,
+                )
             });
             g.finish();
         }
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = bench
+}
 criterion_main!(benches);

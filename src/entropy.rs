@@ -1,6 +1,8 @@
-//! The randomness that changes what the services do — retry jitter and the seeds of the
-//! hash maps whose order matters (the projector cache's eviction) — drawn in one place, so
-//! the simulator (`tally sim`) can make a run replayable from its seed.
+//! The randomness that changes what the services do — retry jitter (commands, the
+//! projector's snapshot writes, Kinesis puts) and the seed of any hash map whose iteration
+//! order would decide behaviour ([`hash_state`]; the projector's cache evicts by use order,
+//! so it needs none) — drawn in one place, so the simulator (`tally sim`) can make a run
+//! replayable from its seed.
 //!
 //! Production draws from the OS. A simulation seeds its own thread with [`seed_thread`];
 //! from then on everything drawn on that thread follows from the seed (the simulator runs

@@ -1,16 +1,22 @@
 //! What the Lambda entry points (and the CLI's AWS backend) share: JSON logs, the one
 //! configuration ([`crate::config`], failing fast naming the variable), SDK clients built
-//! once per process, and the wiring of the services over the AWS adapters. `src/bin/*.rs`
-//! stay a few lines. Reads no environment variable itself.
+//! once per process, the wiring of the services over the AWS adapters, and the projector's
+//! invocation handler ([`KinesisHandler`]: the payload's JSON bytes in, the partial-batch
+//! response out), which is exactly what the `projector` binary calls and what
+//! `benches/projector_batch.rs` measures. `src/bin/*.rs` stay a few lines. Reads no
+//! environment variable itself.
 
 use std::sync::Arc;
 
 use crate::adapters::aws::clients;
 use crate::adapters::aws::dynamodb::DynamoStore;
 use crate::adapters::aws::kinesis::KinesisPublisher;
+use crate::codec::batch::RecordBatch;
+use crate::codec::kinesis::{BatchResponse, EventError, read_event};
 use crate::config::{AwsSettings, Config};
 use crate::domain::Policy;
 use crate::http::{Api, router};
+use crate::ports::{EventStore, Quarantine, SnapshotStore};
 use crate::service::command::{CommandService, system_clock};
 use crate::service::metrics::Metrics;
 use crate::service::projector::Projector;
@@ -111,6 +117,51 @@ impl AwsApp {
             self.cache_entries,
             self.metrics.clone(),
         )
+    }
+
+    /// The projector Lambda's handler over this process's projector.
+    pub fn kinesis_handler(&self) -> KinesisHandler<DynamoStore, DynamoStore, DynamoStore> {
+        KinesisHandler::new(self.projector())
+    }
+}
+
+/// The projector Lambda's handler: one per process, so the projector's snapshot cache and
+/// the record buffer live across invocations of a warm instance.
+pub struct KinesisHandler<E, S, Q> {
+    pub projector: Projector<E, S, Q>,
+    /// The last invocation's buffers, reused (a concurrent invocation makes its own).
+    spare: std::sync::Mutex<Option<RecordBatch>>,
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> KinesisHandler<E, S, Q> {
+    pub fn new(projector: Projector<E, S, Q>) -> Self {
+        KinesisHandler {
+            projector,
+            spare: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Option<RecordBatch>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One invocation: Lambda's Kinesis event JSON (the raw payload) in, the records to
+    /// retry out. A payload that is not a Kinesis event fails the invocation (Lambda retries
+    /// it); a record that does not decode is quarantined, never failing its shard.
+    pub async fn handle(&self, payload: &[u8]) -> Result<BatchResponse, EventError> {
+        let mut batch = self.spare().take().unwrap_or_default();
+        let read = read_event(payload, &mut batch);
+        let response = match read {
+            Ok(()) => {
+                let projection = self.projector.project(&batch).await;
+                Ok(BatchResponse::failures(&batch, &projection.failed))
+            }
+            Err(e) => Err(e),
+        };
+        *self.spare() = Some(batch);
+        response
     }
 }
 

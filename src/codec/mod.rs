@@ -3,6 +3,7 @@
 //! rkyv archives are only ever read through validated `access`.
 
 pub mod aggregate;
+pub mod batch;
 pub mod bucket;
 pub mod json;
 pub mod kinesis;

@@ -124,7 +124,9 @@ pub fn access_aggregate(bytes: &[u8]) -> Result<&ArchivedWireAggregate, CodecErr
     if !(payload.as_ptr() as usize).is_multiple_of(PAYLOAD_ALIGN) {
         return Err(CodecError::Misaligned);
     }
-    rkyv::access::<ArchivedWireAggregate, rancor::Error>(payload)
+    // The low-level validator: bounds, alignment and subtree checks, without the shared-
+    // pointer registry the high-level one keeps (our archives hold no shared pointers).
+    rkyv::api::low::access::<ArchivedWireAggregate, rancor::Error>(payload)
         .map_err(|e| CodecError::Archive(e.to_string()))
 }
 

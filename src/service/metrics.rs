@@ -20,6 +20,9 @@ pub struct Metrics {
     /// Conditional snapshot writes that succeeded (the projector's floor is one per
     /// account per batch).
     pub snapshots_written: AtomicU64,
+    /// Records an event source mapping played here gave up on after its retries; their
+    /// events wait for a catch-up from the event store.
+    pub records_given_up: AtomicU64,
     /// DynamoDB capacity consumed, in thousandths of a unit (`ReturnConsumedCapacity`).
     pub read_capacity_milli: AtomicU64,
     pub write_capacity_milli: AtomicU64,
@@ -41,7 +44,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64, &str); 11] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 12] = [
             (
                 "tally_events_appended_total",
                 "counter",
@@ -101,6 +104,12 @@ impl Metrics {
                 "counter",
                 &self.snapshots_written,
                 "Conditional snapshot writes made.",
+            ),
+            (
+                "tally_records_given_up_total",
+                "counter",
+                &self.records_given_up,
+                "Stream records the event source mapping gave up on (caught up from the event store).",
             ),
             (
                 "tally_projection_lag_records",

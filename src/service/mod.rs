@@ -4,6 +4,7 @@ pub mod audit;
 pub mod command;
 pub mod ingest;
 pub mod locks;
+pub mod mapping;
 pub mod metrics;
 pub mod projector;
 pub mod query;

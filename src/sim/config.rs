@@ -118,6 +118,8 @@ pub struct Config {
     pub instances: u32,
     pub cache_entries: usize,
     pub batch_size: usize,
+    /// The mapping's batching window (Lambda: `MaximumBatchingWindowInSeconds`), in ms.
+    pub window_ms: u64,
     pub retries_max: u32,
     pub topology: Topology,
     pub faults: Faults,
@@ -189,6 +191,7 @@ impl Config {
             } else {
                 Topology::Kinesis
             },
+            window_ms: r.pick(&[0u64, 0, 1, 5]),
             faults,
         }
     }

@@ -1,31 +1,29 @@
-//! Lambda's Kinesis event source mapping, played over the simulated stream: per shard (and
-//! per ParallelizationFactor slot, by partition key) batches of up to `batch_size`
-//! records, children only after their parents are read to the end, a failure report
-//! retried from the lowest failed record with backoff, and after `retries_max` the record
-//! dropped (the backstop, a catch-up, then owns its events). On top of Lambda's own
-//! behaviour it injects the faults of the run: lost records, redelivered and reordered
-//! batches, invocations that time out while they keep running (so two projector instances
-//! race on the same accounts), children read before their parents.
+//! Lambda's Kinesis event source mapping over the simulated stream. The mapping logic is
+//! the real one ([`crate::service::mapping`]: batch size, window, retry from the lowest
+//! failed record, give-up, catch-up when idle), driving the real projector through its
+//! transport-neutral input ([`RecordBatch`] in, record indices to retry out). This module
+//! brings only what Lambda adds around it and the faults of the run: one consumer per shard
+//! and ParallelizationFactor slot (by partition key), children only after their parents are
+//! read to the end, lost records, redelivered and reordered batches, invocations that time
+//! out while they keep running (so two projector instances race on the same accounts),
+//! children read before their parents.
 //!
 //! It records what it acknowledged: every event in an acknowledged record must be in its
 //! account's snapshot once the run drains (the check that finds a silently dropped group).
-//!
-//! To be re-fitted onto the shared event-source-mapping module once that exists (the
-//! mapping logic then comes from the real code; the faults stay here). Must never: read
-//! the stores, or acknowledge a record the projector reported failed.
+//! Must never: read the stores, or acknowledge a record the projector reported failed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use aws_lambda_events::event::kinesis::KinesisEvent;
 use tokio::task::JoinHandle;
 
+use crate::codec::batch::RecordBatch;
 use crate::codec::decode_record_pages;
-use crate::codec::kinesis::lambda_record;
 use crate::ports::{EventStore, Quarantine, SnapshotStore};
-use crate::service::projector::Projector;
+use crate::service::mapping::{self, BatchHandler, ShardReader, ShardState, Step};
+use crate::service::projector::{Projection, Projector};
 use crate::sim::config::Draw;
 use crate::sim::faults::Chaos;
 use crate::sim::stream::{Record, SimStream};
@@ -35,9 +33,6 @@ use crate::sim::stream::{Record, SimStream};
 pub struct Acks {
     /// Newest version per account carried by an acknowledged record.
     pub versions: HashMap<String, u64>,
-    /// Accounts acknowledged by a projector instance that had been handed more accounts
-    /// than its cache holds (so its eviction could have touched them).
-    pub pressured: HashSet<String>,
     pub poison: BTreeSet<u64>,
     pub given_up: u64,
     pub batches: u64,
@@ -47,9 +42,10 @@ pub struct Acks {
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub batch_size: usize,
+    /// How long the mapping waits for a fuller batch.
+    pub window: Duration,
     pub retries_max: u32,
     pub parallelization: u32,
-    pub cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,8 +65,6 @@ pub struct Mapping<E, S, Q> {
     positions: Mutex<BTreeMap<(usize, u32), Position>>,
     background: Arc<AtomicUsize>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Accounts handed to each projector instance (timed-out invocations included).
-    handed: Mutex<Vec<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +93,6 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
             positions: Mutex::default(),
             background: Arc::default(),
             tasks: Mutex::default(),
-            handed: Mutex::default(),
         })
     }
 
@@ -137,9 +130,10 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
         }
     }
 
-    /// True once every record on the stream has been handled and nothing is in flight.
+    /// True once every record on the stream has been handled, nothing is in flight and no
+    /// instance waits for a catch-up after a give-up.
     pub fn drained(&self) -> bool {
-        if self.background.load(Ordering::SeqCst) > 0 {
+        if self.background.load(Ordering::SeqCst) > 0 || self.behind() {
             return false;
         }
         let positions = lock(&self.positions);
@@ -157,6 +151,10 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
                 })
             })
         })
+    }
+
+    fn behind(&self) -> bool {
+        self.instances.iter().any(|p| p.is_behind())
     }
 
     fn parents_finished(&self, shard: usize) -> bool {
@@ -177,95 +175,61 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
         f(lock(&self.positions).entry((shard, slot)).or_default());
     }
 
+    /// One shard slot's consumer: the real mapping's steps until the shard is closed and
+    /// read to the end.
     async fn consume(self: Arc<Self>, shard: usize, slot: u32) {
-        let mut next = 0;
-        let mut retries = 0u32;
+        let taken: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let mut reader = Reader {
+            mapping: self.clone(),
+            shard,
+            slot,
+            next: 0,
+            cursor: 0,
+            indices: Vec::new(),
+            taken: taken.clone(),
+            finished: false,
+        };
+        let invoker = Invoker {
+            mapping: self.clone(),
+            shard,
+            taken,
+        };
+        let real = mapping::Mapping {
+            batch_size: self.settings.batch_size,
+            window: self.settings.window,
+            retries_max: self.settings.retries_max,
+        };
+        let (mut state, mut batch) = (ShardState::default(), RecordBatch::new());
         loop {
-            if !self.parents_finished(shard) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+            match real
+                .step(&mut state, &mut reader, &invoker, &mut batch)
+                .await
+            {
+                Step::Handled { .. } => {}
+                Step::Idle if reader.finished && !self.behind() => return,
+                Step::Idle => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-            self.stream.maybe_lose(shard, next);
-            let (records, open) = self.stream.records_from(shard, next);
-            let mut batch: Vec<(usize, Record)> = Vec::new();
-            let mut scanned = next;
-            for (k, r) in records.into_iter().enumerate() {
-                if batch.len() >= self.settings.batch_size.max(1) {
-                    break;
-                }
-                scanned = next + k + 1;
-                if !r.lost && slot_of(&r.partition_key, self.settings.parallelization) == slot {
-                    batch.push((next + k, r));
-                }
-            }
-            if batch.is_empty() {
-                next = scanned;
-                let finished = !open;
-                self.set(shard, slot, |p| {
-                    p.next = scanned;
-                    p.finished = finished;
-                });
-                if finished {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            self.set(shard, slot, |p| p.busy = true);
-            let lowest = self.deliver(shard, &batch).await;
-            next = match lowest {
-                None => {
-                    retries = 0;
-                    if self.chaos.roll("redeliver", self.chaos.rates().redeliver) {
-                        next
-                    } else {
-                        batch[batch.len() - 1].0 + 1
-                    }
-                }
-                Some(i) if retries >= self.settings.retries_max => {
-                    retries = 0;
-                    lock(&self.acks).given_up += 1;
-                    self.backstop().await;
-                    batch[i].0 + 1
-                }
-                Some(i) => {
-                    retries += 1;
-                    tokio::time::sleep(Duration::from_millis(10 << retries.min(6))).await;
-                    batch[i].0
-                }
-            };
-            self.set(shard, slot, |p| {
-                p.next = next;
-                p.busy = false;
-            });
         }
     }
 
-    /// Hands one batch to a projector instance; acknowledges what it did not report
-    /// failed; returns the batch index of the lowest failed record.
-    async fn deliver(&self, shard: usize, batch: &[(usize, Record)]) -> Option<usize> {
+    /// Hands `batch` to a projector instance (with the run's faults); acknowledges what it
+    /// did not report failed; answers the failed records by index into `batch`.
+    async fn deliver(&self, shard: usize, batch: &RecordBatch, records: &[Record]) -> Projection {
         let instance = self
             .chaos
             .with_rng(|r| r.below(self.instances.len() as u64) as usize);
-        let shard_id = format!("shardId-{shard:012}");
-        let mut event = KinesisEvent::default();
-        event.records = batch
-            .iter()
-            .map(|(_, r)| {
-                let seq = format!("{:020}", r.seq);
-                lambda_record("sim", &shard_id, &seq, &r.partition_key, &r.data)
-            })
-            .collect();
+        // The order the projector sees: `order[j]` is the index in `batch` of its record j.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
         if self.chaos.roll("reorder", self.chaos.rates().reorder) {
             self.chaos.with_rng(|r| {
-                for i in (1..event.records.len()).rev() {
-                    event.records.swap(i, r.below(i as u64 + 1) as usize);
+                for i in (1..order.len()).rev() {
+                    order.swap(i, r.below(i as u64 + 1) as usize);
                 }
             });
         }
-        let pressured = self.hand(instance, batch);
+        let delivered = reordered(batch, &order);
         self.chaos.log(|| {
-            let seqs: Vec<u64> = batch.iter().map(|(_, r)| r.seq).collect();
+            let seqs: Vec<u64> = order.iter().map(|&i| records[i].seq).collect();
             format!("deliver shard {shard} instance {instance} {seqs:?}")
         });
         let projector = self.instances[instance].clone();
@@ -277,63 +241,44 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
             let background = self.background.clone();
             background.fetch_add(1, Ordering::SeqCst);
             let task = tokio::spawn(async move {
-                projector.handle(event).await;
+                BatchHandler::handle(&*projector, &delivered).await;
                 background.fetch_sub(1, Ordering::SeqCst);
             });
             lock(&self.tasks).push(task);
             let wait = self.chaos.with_rng(|r| r.between(1, 20));
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            return Some(0);
+            return Projection { failed: vec![0] };
         }
-        let response = projector.handle(event).await;
-        let failed: BTreeSet<u64> = response
-            .batch_item_failures
-            .iter()
-            .filter_map(|f| f.item_identifier.as_deref()?.parse().ok())
-            .collect();
-        let lowest = failed
-            .first()
-            .and_then(|seq| batch.iter().position(|(_, r)| r.seq == *seq));
-        if !failed.is_empty() && lowest.is_none() {
+        let response = BatchHandler::handle(&*projector, &delivered).await;
+        if response.failed.iter().any(|&j| j >= order.len()) {
             self.chaos.breach(
                 "*",
                 "the projector reported a record it was not given".into(),
             );
         }
+        let mut failed: Vec<usize> = response
+            .failed
+            .iter()
+            .filter_map(|&j| order.get(j).copied())
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
         // An account is reported at its first record as delivered; in a shuffled batch
         // that may not be its lowest, so no record of a reported account counts as done.
-        let reported: HashSet<String> = batch
+        let reported: HashSet<String> = failed
             .iter()
-            .filter(|(_, r)| failed.contains(&r.seq))
-            .flat_map(|(_, r)| decode_record_pages(&r.data).unwrap_or_default())
+            .flat_map(|&i| decode_record_pages(&records[i].data).unwrap_or_default())
             .map(|p| p.account.to_string())
             .collect();
-        self.acknowledge(
-            &batch[..lowest.unwrap_or(batch.len())],
-            &reported,
-            pressured,
-        );
-        lowest
+        let lowest = failed.first().copied().unwrap_or(records.len());
+        self.acknowledge(&records[..lowest], &reported);
+        Projection { failed }
     }
 
-    /// Notes the accounts handed to `instance`; true once they outnumber its cache.
-    fn hand(&self, instance: usize, batch: &[(usize, Record)]) -> bool {
-        let mut handed = lock(&self.handed);
-        if handed.len() <= instance {
-            handed.resize_with(instance + 1, HashSet::new);
-        }
-        for (_, r) in batch {
-            for page in decode_record_pages(&r.data).unwrap_or_default() {
-                handed[instance].insert(page.account.to_string());
-            }
-        }
-        handed[instance].len() > self.settings.cache_entries
-    }
-
-    fn acknowledge(&self, acked: &[(usize, Record)], reported: &HashSet<String>, pressured: bool) {
+    fn acknowledge(&self, acked: &[Record], reported: &HashSet<String>) {
         let mut acks = lock(&self.acks);
         acks.batches += 1;
-        for (_, r) in acked {
+        for r in acked {
             if r.poison {
                 acks.poison.insert(r.seq);
                 continue;
@@ -344,17 +289,118 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Mapping<E, S, Q> {
                 }
                 let v = acks.versions.entry(page.account.to_string()).or_default();
                 *v = (*v).max(page.last_version());
-                if pressured {
-                    acks.pressured.insert(page.account.to_string());
-                }
             }
         }
     }
+}
 
-    /// The backstop after a dropped record: a catch-up (embedded: DESIGN.md step 4).
-    async fn backstop(&self) {
-        if let Err(e) = self.instances[0].catch_up().await {
-            tracing::debug!(error = %e, "sim backstop catch-up failed; the end of the run repeats it");
+/// A copy of `batch` with its records in `order`.
+fn reordered(batch: &RecordBatch, order: &[usize]) -> RecordBatch {
+    let mut out = RecordBatch::new();
+    for &i in order {
+        let data = batch.data(i).unwrap_or_default();
+        out.push(batch.shard(i), batch.sequence_number(i), data);
+    }
+    out
+}
+
+/// One shard slot as the real mapping reads it: the records of its slot that were not lost,
+/// children after their parents, and a settled batch sometimes read again (redelivery).
+struct Reader<E, S, Q> {
+    mapping: Arc<Mapping<E, S, Q>>,
+    shard: usize,
+    slot: u32,
+    /// Stream index of the first unsettled record.
+    next: usize,
+    /// Stream index after the last record scanned since the last settle.
+    cursor: usize,
+    /// Stream indices of the records put in the batch since the last settle.
+    indices: Vec<usize>,
+    /// Those records, for the invoker.
+    taken: Arc<Mutex<Vec<Record>>>,
+    finished: bool,
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> ShardReader for Reader<E, S, Q> {
+    async fn read(&mut self, limit: usize, batch: &mut RecordBatch) -> usize {
+        let m = &self.mapping;
+        if !m.parents_finished(self.shard) {
+            return 0;
+        }
+        m.stream.maybe_lose(self.shard, self.cursor);
+        let (records, open) = m.stream.records_from(self.shard, self.cursor);
+        let shard_id = format!("shardId-{:012}", self.shard);
+        let mut read = 0;
+        let mut taken = lock(&self.taken);
+        for (k, r) in records.into_iter().enumerate() {
+            if read >= limit {
+                break;
+            }
+            let index = self.cursor + k;
+            if !r.lost && slot_of(&r.partition_key, m.settings.parallelization) == self.slot {
+                batch.push(&shard_id, &format!("{:020}", r.seq), &r.data);
+                self.indices.push(index);
+                taken.push(r);
+                read += 1;
+            }
+            // Scanned: a record of another slot or a lost one is passed over.
+            self.cursor = index + 1;
+        }
+        if self.indices.is_empty() {
+            // Nothing of this slot: what was scanned is settled.
+            self.next = self.cursor;
+            self.finished = !open;
+            let (next, finished) = (self.next, self.finished);
+            m.set(self.shard, self.slot, |p| {
+                p.next = next;
+                p.finished = finished;
+            });
+        } else {
+            m.set(self.shard, self.slot, |p| p.busy = true);
+        }
+        read
+    }
+
+    fn settle(&mut self, done: usize, _: &RecordBatch) {
+        let m = &self.mapping;
+        let all = done >= self.indices.len();
+        if !(all && m.chaos.roll("redeliver", m.chaos.rates().redeliver)) {
+            self.next = self.indices.get(done).copied().unwrap_or(self.cursor);
+        }
+        self.cursor = self.next;
+        self.indices.clear();
+        lock(&self.taken).clear();
+        let next = self.next;
+        m.set(self.shard, self.slot, |p| {
+            p.next = next;
+            p.busy = false;
+        });
+    }
+}
+
+/// Lambda invoking a projector instance, with the run's faults; the rest of
+/// [`BatchHandler`] is the real projector's.
+struct Invoker<E, S, Q> {
+    mapping: Arc<Mapping<E, S, Q>>,
+    shard: usize,
+    taken: Arc<Mutex<Vec<Record>>>,
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> BatchHandler for Invoker<E, S, Q> {
+    async fn handle(&self, batch: &RecordBatch) -> Projection {
+        let records = lock(&self.taken).clone();
+        self.mapping.deliver(self.shard, batch, &records).await
+    }
+
+    fn gave_up(&self, batch: &RecordBatch, record: usize) {
+        lock(&self.mapping.acks).given_up += 1;
+        // Any instance's catch-up covers the whole store; the first one runs it when idle.
+        BatchHandler::gave_up(&*self.mapping.instances[0], batch, record);
+    }
+
+    async fn idle(&self) {
+        for p in &self.mapping.instances {
+            BatchHandler::idle(&**p).await;
         }
     }
 }

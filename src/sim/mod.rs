@@ -41,7 +41,7 @@ use crate::service::audit;
 use crate::sim::backend::{Backend, BackendKind, Embedded, Models};
 use crate::sim::check::Stored;
 use crate::sim::config::Config;
-use crate::sim::history::{Class, Violation};
+use crate::sim::history::Violation;
 use crate::sim::world::World;
 
 pub use runner::{SimArgs, main};
@@ -71,25 +71,9 @@ pub struct SeedReport {
 }
 
 impl SeedReport {
-    /// Violations of a class that is not known and open (or all of them, strictly).
-    pub fn failures(&self, strict: bool) -> Vec<&Violation> {
-        self.violations
-            .iter()
-            .filter(|v| strict || v.class == Class::New || v.class == Class::Issue10)
-            .collect()
-    }
-
-    /// The known defects this seed hit.
-    pub fn known(&self) -> Vec<Class> {
-        let mut k: Vec<Class> = self
-            .violations
-            .iter()
-            .map(|v| v.class)
-            .filter(|c| matches!(c, Class::KnownAppendAtomicity | Class::KnownCacheEviction))
-            .collect();
-        k.sort();
-        k.dedup();
-        k
+    /// What fails this seed: every violation (no open defect is exempt).
+    pub fn failures(&self) -> Vec<&Violation> {
+        self.violations.iter().collect()
     }
 }
 

@@ -41,15 +41,12 @@ pub struct SimArgs {
     /// Force a backend (default: the seed chooses; a third run on the embedded store).
     #[arg(long, value_parser = ["model", "embedded"])]
     pub backend: Option<String>,
-    /// Known, open defects fail the run too (used to measure seeds-to-detect).
-    #[arg(long)]
-    pub strict: bool,
     /// Stop at the first failing seed and report how long it took to find.
     #[arg(long)]
     pub until_fail: bool,
     /// Run seeds until one hits this class of violation; print how many it took (how
     /// the defect-detection figures in BENCHMARKS.md are measured).
-    #[arg(long, value_parser = ["append-atomicity", "cache-eviction", "new", "issue10"])]
+    #[arg(long, value_parser = ["new", "issue10"])]
     pub hunt: Option<String>,
     /// Run every seed twice and fail if the two runs differ.
     #[arg(long)]
@@ -116,7 +113,7 @@ pub fn reproduce(seed: u64, args: &SimArgs) -> String {
     if let Some(b) = &args.backend {
         cmd.push_str(&format!(" --backend {b}"));
     }
-    for (on, flag) in [(args.strict, " --strict"), (args.stress, " --stress")] {
+    for (on, flag) in [(args.stress, " --stress")] {
         if on {
             cmd.push_str(flag);
         }
@@ -165,10 +162,10 @@ fn print_failure(r: &SeedReport, args: &SimArgs) {
     eprintln!("\nFAILED seed {} ({:?} backend)", r.seed, r.backend);
     eprintln!("  settings: {:?}", r.config);
     eprintln!("  faults injected: {:?}", r.injected);
-    for v in r.failures(args.strict).iter().take(12) {
+    for v in r.failures().iter().take(12) {
         eprintln!("  {v}");
     }
-    let n = r.failures(args.strict).len();
+    let n = r.failures().len();
     if n > 12 {
         eprintln!("  … {} more", n - 12);
     }
@@ -192,7 +189,7 @@ pub fn main(args: &SimArgs) -> ExitCode {
         for v in &r.violations {
             say!("  {v}");
         }
-        return if r.failures(args.strict).is_empty() {
+        return if r.failures().is_empty() {
             say!("seed {seed}: ok");
             ExitCode::SUCCESS
         } else {
@@ -223,7 +220,7 @@ pub fn main(args: &SimArgs) -> ExitCode {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     t.add(&r, &args, started);
-                    if args.until_fail && !r.failures(args.strict).is_empty() {
+                    if args.until_fail && !r.failures().is_empty() {
                         stop.store(true, Ordering::SeqCst);
                     }
                     if hunted(&r, &args) && t.hunted.is_none() {
@@ -266,8 +263,6 @@ fn hunted(r: &SeedReport, args: &SimArgs) -> bool {
         return false;
     };
     let class = match class {
-        "append-atomicity" => Class::KnownAppendAtomicity,
-        "cache-eviction" => Class::KnownCacheEviction,
         "issue10" => Class::Issue10,
         _ => Class::New,
     };
@@ -280,7 +275,6 @@ struct Tally {
     commands: u64,
     events: u64,
     failed: Vec<u64>,
-    known: std::collections::BTreeMap<Class, Vec<u64>>,
     first_failure: Option<(u64, f64, u64)>,
     hunted: Option<(u64, f64, u64)>,
     injected: std::collections::BTreeMap<&'static str, u64>,
@@ -298,10 +292,7 @@ impl Tally {
         }
         self.commands += r.commands as u64;
         self.events += r.events;
-        for k in r.known() {
-            self.known.entry(k).or_default().push(r.seed);
-        }
-        if !r.failures(args.strict).is_empty() {
+        if !r.failures().is_empty() {
             print_failure(r, args);
             self.failed.push(r.seed);
             if self.first_failure.is_none() {
@@ -322,15 +313,6 @@ impl Tally {
         );
         say!("  exercised: {:?}", self.coverage);
         say!("  faults injected: {:?}", self.injected);
-        for (class, seeds) in &self.known {
-            let shown: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
-            say!(
-                "  {}: {} seeds (e.g. {})",
-                class.label(),
-                seeds.len(),
-                shown.join(", ")
-            );
-        }
         if let Some((seed, at, n)) = self.first_failure {
             say!("  first failure: seed {seed}, after {n} seeds and {at:.1} s");
         }

@@ -22,7 +22,7 @@ use crate::sim::backend::BackendKind;
 use crate::sim::calls::{attempts_of, run_op};
 use crate::sim::config::{Config, Faults};
 use crate::sim::faults::{Chaos, Faulty};
-use crate::sim::history::{Attempt, Class, Outcome, RESUBMITTER, Violation};
+use crate::sim::history::{Attempt, Outcome, RESUBMITTER, Violation};
 use crate::sim::world::Observed;
 use crate::sim::{SeedReport, read_stores, snapshots_of, workload};
 use crate::sim::{check, verdict};
@@ -227,7 +227,7 @@ async fn stress(config: Config) -> (Vec<Violation>, usize, u64) {
         read_stores(&p.store, &p.store, quarantined, drained, config.accounts).await;
     let mut notes = std::mem::take(&mut *lock(&record.notes));
     notes.extend(more);
-    notes.extend(lagging(&config, &stored));
+    notes.extend(lagging(&stored));
     let observed = Observed {
         attempts: std::mem::take(&mut *lock(&record.attempts)),
         resubmissions,
@@ -244,7 +244,7 @@ async fn stress(config: Config) -> (Vec<Violation>, usize, u64) {
 
 /// With no fault injected, every account's snapshot must be at its tip once the stream
 /// drained (no backstop needed).
-fn lagging(config: &Config, stored: &check::Stored) -> Vec<Violation> {
+fn lagging(stored: &check::Stored) -> Vec<Violation> {
     let mut out = Vec::new();
     for (account, events) in &stored.events {
         let at = stored
@@ -259,11 +259,7 @@ fn lagging(config: &Config, stored: &check::Stored) -> Vec<Violation> {
                     events.len()
                 ),
             );
-            out.push(if config.cache_entries < config.accounts {
-                v.class(Class::KnownCacheEviction)
-            } else {
-                v
-            });
+            out.push(v);
         }
     }
     out

@@ -192,9 +192,9 @@ impl<B: Backend> World<B> {
             .collect();
         let settings = Settings {
             batch_size: self.config.batch_size,
+            window: Duration::from_millis(self.config.window_ms),
             retries_max: self.config.retries_max,
             parallelization: self.config.parallelization,
-            cache_entries: self.config.cache_entries,
         };
         let mapping = Mapping::new(
             self.stream.clone(),

@@ -315,9 +315,6 @@ fn interrupt(child: &mut Child) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until issue 8 defect 1 is fixed: two bodies racing on one account commit a \
-            later page after an earlier one failed, and the account no longer folds; \
-            run with `cargo test --test it concurrent_clients -- --ignored`"]
 async fn concurrent_clients_on_the_embedded_backend_leave_every_account_folding_to_its_snapshot() {
     let dir = std::env::temp_dir().join(format!("tally-clients-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -36,7 +36,7 @@ use tally::service::projector::Projector;
 use tally::workload::{Picker, Rng};
 
 use crate::faults::Recorder;
-use crate::harness::lambda_json;
+use crate::harness::batch_of;
 
 /// us-east-1 list prices, November 2026 (aws.amazon.com/dynamodb/pricing/on-demand,
 /// aws.amazon.com/kinesis/data-streams/pricing): on-demand DynamoDB per million request
@@ -310,11 +310,8 @@ pub async fn measure(
             cost.kib_billed += size.div_ceil(1024) as u64;
         }
         let data: Vec<Vec<u8>> = records.into_iter().map(|r| r.data).collect();
-        let response = projector
-            .handle_json(lambda_json(&data).as_bytes())
-            .await
-            .unwrap();
-        assert!(response.batch_item_failures.is_empty());
+        let response = projector.project(&batch_of(&data)).await;
+        assert!(response.failed.is_empty());
     }
     (cost.ingest_read, cost.ingest_write) = units(&ingest_metrics);
     (cost.project_read, cost.project_write) = units(&project_metrics);

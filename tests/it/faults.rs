@@ -19,10 +19,10 @@ use tally::ports::{
 use tally::service::audit;
 use tally::service::command::{AccountChunk, CommandError, CommandOutcome, CommandService};
 use tally::service::metrics::Metrics;
-use tally::service::projector::{Projector, lowest_failure};
+use tally::service::projector::Projector;
 use tally::service::query::QueryService;
 
-use crate::harness::lambda_json;
+use crate::harness::batch_of;
 use crate::http::send;
 
 /// How many of the next calls (or items, for batch calls) of each kind fail as throttled;
@@ -309,11 +309,8 @@ where
         100,
         metrics.clone(),
     );
-    let response = projector
-        .handle_json(lambda_json(&recorder.take()).as_bytes())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    let response = projector.project(&batch_of(&recorder.take())).await;
+    assert!(response.failed.is_empty());
     metrics
 }
 
@@ -465,15 +462,9 @@ where
     flaky.faults.put.store(2, Ordering::SeqCst);
     let first = recorder.take();
     assert_eq!(first.len(), 3);
-    let response = projector
-        .handle_json(lambda_json(&first).as_bytes())
-        .await
-        .unwrap();
+    let response = projector.project(&batch_of(&first)).await;
     assert_eq!(flaky.faults.injected(), 2);
-    assert!(
-        response.batch_item_failures.is_empty(),
-        "retried within the batch"
-    );
+    assert!(response.failed.is_empty(), "retried within the batch");
     for a in accounts {
         assert_eq!(store.get(a).await.unwrap().map(|s| s.version), Some(5));
     }
@@ -486,13 +477,9 @@ where
     let second = recorder.take();
     *flaky.faults.only.lock().unwrap() = Some("p1".into());
     flaky.faults.put.store(u32::MAX, Ordering::SeqCst);
-    let response = projector
-        .handle_json(lambda_json(&second).as_bytes())
-        .await
-        .unwrap();
-    let sequence_numbers: Vec<String> = (0..second.len()).map(|i| (1000 + i).to_string()).collect();
-    let lowest = lowest_failure(&response, &sequence_numbers).expect("p1 is reported");
-    assert_eq!(response.batch_item_failures.len(), 1);
+    let response = projector.project(&batch_of(&second)).await;
+    let lowest = response.lowest_failure().expect("p1 is reported");
+    assert_eq!(response.failed.len(), 1);
     let snapshot_versions = |store: S| async move {
         let mut v = Vec::new();
         for a in accounts {
@@ -502,9 +489,8 @@ where
     };
     assert_eq!(snapshot_versions(store.clone()).await, vec![7, 5, 7]);
     flaky.faults.clear();
-    let redelivered = lambda_json(&second[lowest..]);
-    let response = projector.handle_json(redelivered.as_bytes()).await.unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    let response = projector.project(&batch_of(&second[lowest..])).await;
+    assert!(response.failed.is_empty());
     assert_eq!(snapshot_versions(store.clone()).await, vec![7, 7, 7]);
 
     // A cold projector whose snapshot read is throttled fails every account of the batch.
@@ -522,17 +508,11 @@ where
         Arc::default(),
     );
     flaky.faults.get_many.store(1, Ordering::SeqCst);
-    let response = cold
-        .handle_json(lambda_json(&third).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(response.batch_item_failures.len(), 3);
+    let response = cold.project(&batch_of(&third)).await;
+    assert_eq!(response.failed.len(), 3);
     assert_eq!(snapshot_versions(store.clone()).await, vec![7, 7, 7]);
-    let response = cold
-        .handle_json(lambda_json(&third).as_bytes())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    let response = cold.project(&batch_of(&third)).await;
+    assert!(response.failed.is_empty());
     assert_verified(&store, 3, 24).await;
 }
 
@@ -574,7 +554,7 @@ where
         .unwrap();
     // The first delivery cannot fill the gap (the event store read is throttled) and
     // reports the account; the redelivery fills it.
-    let records = lambda_json(&recorder.take());
+    let records = batch_of(&recorder.take());
     let events = Flaky::new(store.clone());
     events.faults.read.store(1, Ordering::SeqCst);
     let metrics = Arc::new(Metrics::default());
@@ -585,16 +565,16 @@ where
         100,
         metrics.clone(),
     );
-    let response = projector.handle_json(records.as_bytes()).await.unwrap();
-    assert_eq!(response.batch_item_failures.len(), 1);
+    let response = projector.project(&records).await;
+    assert_eq!(response.failed.len(), 1);
     assert_eq!(events.faults.injected(), 1);
     assert_eq!(
         store.get("q0").await.unwrap(),
         None,
         "nothing projected yet"
     );
-    let response = projector.handle_json(records.as_bytes()).await.unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    let response = projector.project(&records).await;
+    assert!(response.failed.is_empty());
     assert_eq!(metrics.gaps_filled.load(Ordering::SeqCst), 1);
     let snapshot = store.get("q0").await.unwrap().unwrap();
     assert_eq!((snapshot.version, snapshot.balance), (3, Money(750)));

@@ -111,6 +111,15 @@ impl Ledger {
     }
 }
 
+/// A batch of record payloads from one shard, sequence numbers 1000, 1001, …
+pub fn batch_of(records: &[Vec<u8>]) -> tally::codec::batch::RecordBatch {
+    let mut batch = tally::codec::batch::RecordBatch::new();
+    for (i, data) in records.iter().enumerate() {
+        batch.push("shardId-000000000000", &(1000 + i).to_string(), data);
+    }
+    batch
+}
+
 /// A Lambda Kinesis event (JSON, with the fields Lambda sends) around record payloads.
 pub fn lambda_json(records: &[Vec<u8>]) -> String {
     let items: Vec<String> = records

@@ -14,7 +14,7 @@ use tally::service::command::{CommandOutcome, CommandService};
 use tally::service::ingest::{Rejects, ingest};
 use tally::workload::{GenSpec, generate};
 
-use crate::harness::{lambda_json, txn};
+use crate::harness::{batch_of, txn};
 use crate::reference::{RefCmd, RefLedger};
 
 fn fixed_clock() -> tally::service::command::Clock {
@@ -477,11 +477,8 @@ async fn reordered_and_redelivered_batches_converge_with_gaps_filled_from_the_st
         vec![record(1, 4), record(3, 6)],
         vec![record(0, 2)],
     ] {
-        let response = projector
-            .handle_json(lambda_json(&batch).as_bytes())
-            .await
-            .unwrap();
-        assert!(response.batch_item_failures.is_empty());
+        let response = projector.project(&batch_of(&batch)).await;
+        assert!(response.failed.is_empty());
     }
     use tally::ports::SnapshotStore;
     let s = store.get("reorder").await.unwrap().unwrap();

@@ -1,4 +1,4 @@
-//! The simulator itself: a seed replays exactly, a small budget finds nothing new, and the
+//! The simulator itself: a seed replays exactly, a small budget finds nothing, and the
 //! checker fails a run whose store breaks the append contract (issue 8, defect 1's class)
 //! — on a deliberately broken store, so this keeps proving the checker after the real
 //! store is fixed. The CI budget and the 100,000-seed command are in `.ci/run` and
@@ -27,22 +27,22 @@ fn a_seed_replays_exactly_the_same_run() {
 }
 
 #[test]
-fn a_small_budget_of_seeds_finds_nothing_but_known_open_defects() {
+fn a_small_budget_of_seeds_finds_nothing() {
     for seed in 0..12 {
         let r = run_seed(seed, Options::default());
-        let new: Vec<String> = r.failures(false).iter().map(|v| v.to_string()).collect();
+        let new: Vec<String> = r.failures().iter().map(|v| v.to_string()).collect();
         assert!(new.is_empty(), "seed {seed} ({:?}): {new:#?}", r.backend);
     }
 }
 
 /// Found by the first 100,000-seed run: a timed-out invocation filled a projector's cache
-/// with accounts the mapping never acknowledged, so the drop (issue 8, defect 2) was not
-/// recognised as that known defect. Each must report nothing new.
+/// with accounts the mapping never acknowledged, and the projector dropped groups (issue 8,
+/// defect 2, then open). With the defect fixed, each must report nothing at all.
 #[test]
-fn seeds_where_a_timed_out_invocation_filled_the_cache_report_only_the_known_drop() {
+fn seeds_where_a_timed_out_invocation_filled_the_cache_report_nothing() {
     for seed in [14_729, 67_489, 80_093, 93_407] {
         let r = run_seed(seed, Options::default());
-        let new: Vec<String> = r.failures(false).iter().map(|v| v.to_string()).collect();
+        let new: Vec<String> = r.failures().iter().map(|v| v.to_string()).collect();
         assert!(new.is_empty(), "seed {seed}: {new:#?}");
     }
 }
@@ -165,7 +165,7 @@ impl Backend for PageByPage {
 fn the_checker_fails_a_store_whose_later_page_commits_after_a_failed_one() {
     let found = (0..SEEDS_TO_FIND_PAGE_BY_PAGE).find_map(|seed| {
         let r = run_on(seed, BackendKind::Model, || Ok(PageByPage::default()));
-        (!r.failures(false).is_empty()).then_some((seed, r))
+        (!r.failures().is_empty()).then_some((seed, r))
     });
     let (seed, r) = found.expect("some seed makes two page-aligned appends race on one account");
     // The history replay sees the loser's later page on top of the winner's events.

@@ -105,12 +105,10 @@ impl KinesisPublisher {
 }
 
 /// Full jitter: uniform in (0, min(cap, 50 ms × 2^attempt)].
+/// Drawn from [`crate::entropy`], the one source of randomness.
 fn backoff(attempt: u32) -> std::time::Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling_ms = (50u64 << attempt.min(10)).min(PUT_RETRY_DELAY_MS_MAX);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    std::time::Duration::from_micros(h.finish() % (ceiling_ms * 1_000) + 1)
+    std::time::Duration::from_micros(crate::entropy::next_u64() % (ceiling_ms * 1_000) + 1)
 }
 
 /// Splits records into `PutRecords` calls within both limits, keeping order.

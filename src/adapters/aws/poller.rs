@@ -1,8 +1,7 @@
 //! Plays Lambda's Kinesis event source mapping against a real Kinesis API (kinesalite
 //! locally): ListShards, GetShardIterator and GetRecords per shard; children only after
-//! their parents are drained (resharding); batches handed to the projector exactly as
-//! Lambda would (`KinesisEvent` in, `KinesisEventResponse` out); a reported failure is
-//! retried from the lowest failed sequence number, and dropped after the mapping's retries.
+//! their parents are drained (resharding). Batching, retry from the lowest failure and
+//! give-up are the shared [`crate::service::mapping`]; this module only reads shards.
 //!
 //! Positions are kept in memory: after a restart it reads from TRIM_HORIZON again, which
 //! is safe (redelivered events are duplicates by version) but slower.
@@ -12,17 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::adapters::embedded::stream::Mapping;
-use crate::codec::kinesis::lambda_record;
+use crate::codec::batch::RecordBatch;
 use crate::ports::{EventStore, Quarantine, SnapshotStore};
-use crate::service::projector::{Projector, lowest_failure};
+use crate::service::mapping::{Mapping, ShardReader, ShardState, Step};
+use crate::service::projector::Projector;
 
 /// Where to (re)start reading a shard.
 #[derive(Debug, Clone)]
@@ -32,13 +30,21 @@ enum Resume {
     After(String),
 }
 
+/// One shard's reading position, as the mapping's [`ShardReader`].
 #[derive(Debug)]
-struct ShardState {
+struct KinesisShard {
+    client: Client,
+    stream: String,
+    id: String,
     parents: Vec<String>,
     iterator: Option<String>,
     resume: Resume,
+    /// Closed by a reshard and read to its end.
     finished: bool,
-    retries: u32,
+    mapping: ShardState,
+    /// Sequence numbers read since the last settle, and the iterator after them.
+    read: Vec<String>,
+    next: Option<String>,
 }
 
 /// The running poller.
@@ -95,7 +101,7 @@ pub fn spawn_poller<E: EventStore, S: SnapshotStore, Q: Quarantine>(
     }
 }
 
-async fn list_shards(client: &Client, stream: &str, shards: &mut BTreeMap<String, ShardState>) {
+async fn list_shards(client: &Client, stream: &str, shards: &mut BTreeMap<String, KinesisShard>) {
     let mut token: Option<String> = None;
     loop {
         let req = match &token {
@@ -112,7 +118,10 @@ async fn list_shards(client: &Client, stream: &str, shards: &mut BTreeMap<String
         for s in out.shards() {
             shards
                 .entry(s.shard_id().to_owned())
-                .or_insert_with(|| ShardState {
+                .or_insert_with(|| KinesisShard {
+                    client: client.clone(),
+                    stream: stream.to_owned(),
+                    id: s.shard_id().to_owned(),
                     parents: s
                         .parent_shard_id()
                         .into_iter()
@@ -122,7 +131,9 @@ async fn list_shards(client: &Client, stream: &str, shards: &mut BTreeMap<String
                     iterator: None,
                     resume: Resume::TrimHorizon,
                     finished: false,
-                    retries: 0,
+                    mapping: ShardState::default(),
+                    read: Vec::new(),
+                    next: None,
                 });
         }
         match out.next_token() {
@@ -140,7 +151,8 @@ async fn poll<E: EventStore, S: SnapshotStore, Q: Quarantine>(
     stopped: watch::Receiver<bool>,
     progress: Arc<Progress>,
 ) {
-    let mut shards: BTreeMap<String, ShardState> = BTreeMap::new();
+    let mut shards: BTreeMap<String, KinesisShard> = BTreeMap::new();
+    let mut batch = RecordBatch::new();
     let mut round: u64 = 0;
     while !*stopped.borrow() {
         if round.is_multiple_of(10) {
@@ -165,8 +177,13 @@ async fn poll<E: EventStore, S: SnapshotStore, Q: Quarantine>(
             .collect();
         let mut worked = false;
         for id in ready {
-            let state = shards.get_mut(&id).expect("ready shards exist");
-            worked |= poll_shard(&client, &stream, &id, state, &projector, mapping).await;
+            let shard = shards.get_mut(&id).expect("ready shards exist");
+            let mut state = shard.mapping;
+            let step = mapping
+                .step(&mut state, shard, &*projector, &mut batch)
+                .await;
+            shard.mapping = state;
+            worked |= step != Step::Idle;
         }
         if worked {
             progress.quiet_rounds.store(0, Ordering::Release);
@@ -180,21 +197,18 @@ async fn poll<E: EventStore, S: SnapshotStore, Q: Quarantine>(
     }
 }
 
-/// One GetRecords on one shard, and its batch through the projector. True if it did work.
-async fn poll_shard<E: EventStore, S: SnapshotStore, Q: Quarantine>(
-    client: &Client,
-    stream: &str,
-    shard_id: &str,
-    state: &mut ShardState,
-    projector: &Projector<E, S, Q>,
-    mapping: Mapping,
-) -> bool {
-    if state.iterator.is_none() {
-        let req = client
+impl KinesisShard {
+    /// A shard iterator at the shard's resume position.
+    async fn iterator(&mut self) -> Option<String> {
+        if let Some(it) = self.iterator.take() {
+            return Some(it);
+        }
+        let req = self
+            .client
             .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard_id);
-        let req = match &state.resume {
+            .stream_name(&self.stream)
+            .shard_id(&self.id);
+        let req = match &self.resume {
             Resume::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             Resume::At(seq) => req
                 .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
@@ -204,83 +218,70 @@ async fn poll_shard<E: EventStore, S: SnapshotStore, Q: Quarantine>(
                 .starting_sequence_number(seq),
         };
         match req.send().await {
-            Ok(out) => state.iterator = out.shard_iterator().map(str::to_owned),
+            Ok(out) => out.shard_iterator().map(str::to_owned),
             Err(e) => {
-                tracing::warn!(shard = shard_id, error = ?e.as_service_error().and_then(ProvideErrorMetadata::code), "GetShardIterator failed");
-                return false;
+                tracing::warn!(shard = %self.id, error = ?e.as_service_error().and_then(ProvideErrorMetadata::code), "GetShardIterator failed");
+                None
             }
         }
     }
-    let Some(iterator) = state.iterator.take() else {
-        return false;
-    };
-    let out = match client
-        .get_records()
-        .shard_iterator(iterator)
-        .limit(mapping.batch_size.min(10_000) as i32)
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) => {
-            tracing::warn!(shard = shard_id, error = ?e.as_service_error().and_then(ProvideErrorMetadata::code), "GetRecords failed; re-reading");
-            return false;
-        }
-    };
-    let next = out.next_shard_iterator().map(str::to_owned);
-    if out.records().is_empty() {
-        state.iterator = next.clone();
-        state.finished = next.is_none(); // closed by a reshard and fully read
-        return false;
-    }
-    let seqs: Vec<String> = out
-        .records()
-        .iter()
-        .map(|r| r.sequence_number().to_owned())
-        .collect();
-    let response = projector
-        .handle(lambda_event(stream, shard_id, out.records()))
-        .await;
-    let lowest = lowest_failure(&response, &seqs);
-    match lowest {
-        None => {
-            state.retries = 0;
-            state.resume = Resume::After(seqs[seqs.len() - 1].clone());
-            state.iterator = next.clone();
-            state.finished = next.is_none();
-        }
-        Some(i) if state.retries >= mapping.retries_max => {
-            tracing::error!(shard = shard_id, seq = %seqs[i], "dropping record after retries; its events stay in the event store");
-            state.retries = 0;
-            state.resume = Resume::After(seqs[i].clone());
-        }
-        Some(i) => {
-            state.retries += 1;
-            state.resume = Resume::At(seqs[i].clone());
-            tokio::time::sleep(Duration::from_millis(10 << state.retries.min(6))).await;
-        }
-    }
-    true
 }
 
-/// The `KinesisEvent` Lambda would build for these records.
-fn lambda_event(
-    stream: &str,
-    shard_id: &str,
-    records: &[aws_sdk_kinesis::types::Record],
-) -> KinesisEvent {
-    let mut event = KinesisEvent::default();
-    event.records = records
-        .iter()
-        .map(|r| {
-            lambda_record(
-                stream,
-                shard_id,
-                r.sequence_number(),
-                r.partition_key(),
-                r.data().as_ref(),
-            )
-        })
-        .collect();
-    event
+impl ShardReader for KinesisShard {
+    /// One GetRecords from where the last read stopped (or the resume position).
+    async fn read(&mut self, limit: usize, batch: &mut RecordBatch) -> usize {
+        let iterator = match self.next.take() {
+            Some(it) if !self.read.is_empty() => Some(it),
+            _ => self.iterator().await,
+        };
+        let Some(iterator) = iterator else {
+            return 0;
+        };
+        let out = match self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit.min(10_000) as i32)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(shard = %self.id, error = ?e.as_service_error().and_then(ProvideErrorMetadata::code), "GetRecords failed; re-reading");
+                return 0;
+            }
+        };
+        let next = out.next_shard_iterator().map(str::to_owned);
+        if out.records().is_empty() {
+            if self.read.is_empty() {
+                self.finished = next.is_none();
+                self.iterator = next;
+            } else {
+                self.next = next;
+            }
+            return 0;
+        }
+        for r in out.records() {
+            batch.push(&self.id, r.sequence_number(), r.data().as_ref());
+            self.read.push(r.sequence_number().to_owned());
+        }
+        self.next = next;
+        out.records().len()
+    }
+
+    fn settle(&mut self, done: usize, _: &RecordBatch) {
+        let read = std::mem::take(&mut self.read);
+        let next = self.next.take();
+        if done >= read.len() {
+            if let Some(last) = read.last() {
+                self.resume = Resume::After(last.clone());
+            }
+            self.finished = next.is_none();
+            self.iterator = next;
+        } else {
+            // Read again from the first unsettled record.
+            self.resume = Resume::At(read[done].clone());
+            self.iterator = None;
+        }
+    }
 }

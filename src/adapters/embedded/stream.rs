@@ -1,27 +1,28 @@
 //! An in-process stream with Kinesis's shape: N shards over the 128-bit MD5 hash-key
-//! space, per-shard sequence numbers, and an event source mapping that hands the projector
-//! `KinesisEvent` batches (batch size, batching window) and retries from the lowest
-//! reported failure like Lambda. Records live in memory: on start, catch-up from the event
-//! store replaces whatever a crash lost.
+//! space, per-shard sequence numbers, and one consumer per shard running the shared event
+//! source mapping ([`crate::service::mapping`]) into the projector. Records live in memory:
+//! on start, catch-up from the event store replaces whatever a crash lost, and a record the
+//! mapping gives up on is projected by a catch-up the next time its shard is idle.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lambda_events::event::kinesis::KinesisEvent;
-
-use crate::codec::kinesis::lambda_record;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::codec::batch::RecordBatch;
 use crate::codec::bucket::{hash_key, shard_of};
 use crate::ports::{EventPublisher, EventStore, OutRecord, Quarantine, SnapshotStore, StoreError};
+use crate::service::mapping::{ShardReader, ShardState, Step};
 use crate::service::metrics::Metrics;
-use crate::service::projector::{Projector, lowest_failure};
+use crate::service::projector::Projector;
+
+pub use crate::service::mapping::Mapping;
 
 struct StreamRecord {
     seq: u64,
-    partition_key: String,
     data: Vec<u8>,
 }
 
@@ -70,6 +71,7 @@ fn lock(log: &Mutex<ShardLog>) -> std::sync::MutexGuard<'_, ShardLog> {
 impl EventPublisher for Arc<EmbeddedStream> {
     async fn publish(&self, records: Vec<OutRecord>) -> Result<(), StoreError> {
         let n = records.len() as u64;
+        Metrics::add(&self.metrics.projection_lag_records, n);
         for r in records {
             let shard = &self.shards
                 [shard_of(hash_key(&r.partition_key), self.shards.len() as u32) as usize];
@@ -77,38 +79,45 @@ impl EventPublisher for Arc<EmbeddedStream> {
                 let mut log = lock(&shard.log);
                 log.next_seq += 1;
                 let seq = log.next_seq;
-                log.records.push_back(StreamRecord {
-                    seq,
-                    partition_key: r.partition_key,
-                    data: r.data,
-                });
+                log.records.push_back(StreamRecord { seq, data: r.data });
             }
             shard.notify.notify_one();
         }
-        Metrics::add(&self.metrics.projection_lag_records, n);
         Ok(())
     }
 }
 
-/// Event source mapping settings (the subset of Lambda's that matters here).
-#[derive(Debug, Clone, Copy)]
-pub struct Mapping {
-    /// Most records per invocation.
-    pub batch_size: usize,
-    /// How long to wait for a fuller batch.
-    pub window: Duration,
-    /// Retries of a failing record before it is dropped (its events stay in the store;
-    /// gap fill or catch-up projects them later).
-    pub retries_max: u32,
+/// One shard as the mapping reads it: records stay in the log until settled.
+struct Reader {
+    stream: Arc<EmbeddedStream>,
+    index: usize,
+    /// Records read since the last settle.
+    read: usize,
 }
 
-impl Default for Mapping {
-    fn default() -> Self {
-        Mapping {
-            batch_size: 1_000,
-            window: Duration::from_millis(5),
-            retries_max: 8,
+impl ShardReader for Reader {
+    async fn read(&mut self, limit: usize, batch: &mut RecordBatch) -> usize {
+        let shard = &self.stream.shards[self.index];
+        let log = lock(&shard.log);
+        let mut n = 0;
+        for r in log.records.iter().skip(self.read).take(limit) {
+            batch.push(&shard.id, &format!("{:056}", r.seq), &r.data);
+            n += 1;
         }
+        self.read += n;
+        n
+    }
+
+    fn settle(&mut self, done: usize, _: &RecordBatch) {
+        let shard = &self.stream.shards[self.index];
+        let mut log = lock(&shard.log);
+        let done = done.min(log.records.len());
+        log.records.drain(..done);
+        self.read = 0;
+        self.stream
+            .metrics
+            .projection_lag_records
+            .fetch_sub(done as u64, Ordering::Relaxed);
     }
 }
 
@@ -117,12 +126,14 @@ pub struct Consumers {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     stream: Arc<EmbeddedStream>,
+    behind: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Consumers {
-    /// Waits until every published record has been handled.
+    /// Waits until every published record has been handled, and any record given up on
+    /// has been caught up from the event store.
     pub async fn drain(&self) {
-        while self.stream.pending() > 0 {
+        while self.stream.pending() > 0 || (self.behind)() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -138,7 +149,7 @@ impl Consumers {
     }
 }
 
-/// Starts one consumer per shard calling `projector.handle` like Lambda would.
+/// Starts one consumer per shard running the event source mapping into `projector`.
 pub fn spawn_consumers<E: EventStore, S: SnapshotStore, Q: Quarantine>(
     stream: Arc<EmbeddedStream>,
     projector: Arc<Projector<E, S, Q>>,
@@ -146,95 +157,41 @@ pub fn spawn_consumers<E: EventStore, S: SnapshotStore, Q: Quarantine>(
 ) -> Consumers {
     let (stop, stopped) = watch::channel(false);
     let tasks = (0..stream.shards.len())
-        .map(|i| {
-            let (stream, projector, stopped) = (stream.clone(), projector.clone(), stopped.clone());
-            tokio::spawn(async move { consume(stream, i, projector, mapping, stopped).await })
+        .map(|index| {
+            let reader = Reader {
+                stream: stream.clone(),
+                index,
+                read: 0,
+            };
+            let (projector, stopped) = (projector.clone(), stopped.clone());
+            tokio::spawn(async move { consume(reader, projector, mapping, stopped).await })
         })
         .collect();
     Consumers {
         tasks,
         stop,
         stream,
+        behind: Arc::new(move || projector.is_behind()),
     }
 }
 
 async fn consume<E: EventStore, S: SnapshotStore, Q: Quarantine>(
-    stream: Arc<EmbeddedStream>,
-    index: usize,
+    mut reader: Reader,
     projector: Arc<Projector<E, S, Q>>,
     mapping: Mapping,
     stopped: watch::Receiver<bool>,
 ) {
-    let shard = &stream.shards[index];
-    let mut retries = 0u32;
-    loop {
-        if *stopped.borrow() {
-            return;
-        }
-        let available = lock(&shard.log).records.len();
-        if available == 0 {
+    let (mut state, mut batch) = (ShardState::default(), RecordBatch::new());
+    while !*stopped.borrow() {
+        let step = mapping
+            .step(&mut state, &mut reader, &*projector, &mut batch)
+            .await;
+        if step == Step::Idle {
+            let shard = &reader.stream.shards[reader.index];
             tokio::select! {
                 _ = shard.notify.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
-            continue;
         }
-        if available < mapping.batch_size && !mapping.window.is_zero() && retries == 0 {
-            tokio::time::sleep(mapping.window).await;
-        }
-        let event = batch_event(shard, mapping.batch_size);
-        let taken = event.records.len();
-        let seqs: Vec<String> = event
-            .records
-            .iter()
-            .map(|r| r.kinesis.sequence_number.clone())
-            .collect();
-        let response = projector.handle(event).await;
-        let lowest = lowest_failure(&response, &seqs);
-        let done = match lowest {
-            None => {
-                retries = 0;
-                taken
-            }
-            Some(i) if retries >= mapping.retries_max => {
-                tracing::error!(shard = %shard.id, seq = %seqs[i], "dropping record after retries; catch-up will project its events");
-                retries = 0;
-                i + 1
-            }
-            Some(i) => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_millis(10 << retries.min(6))).await;
-                i
-            }
-        };
-        let mut log = lock(&shard.log);
-        for _ in 0..done {
-            log.records.pop_front();
-        }
-        stream
-            .metrics
-            .projection_lag_records
-            .fetch_sub(done as u64, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// The next batch of a shard as Lambda would build it.
-fn batch_event(shard: &Shard, batch_size: usize) -> KinesisEvent {
-    let log = lock(&shard.log);
-    let mut event = KinesisEvent::default();
-    event.records = log
-        .records
-        .iter()
-        .take(batch_size)
-        .map(|r| {
-            lambda_record(
-                "embedded",
-                &shard.id,
-                &format!("{:056}", r.seq),
-                &r.partition_key,
-                &r.data,
-            )
-        })
-        .collect();
-    event
 }

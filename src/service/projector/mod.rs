@@ -1,45 +1,83 @@
-//! The projector (DESIGN.md step 3) as the Lambda runs it: `KinesisEvent` in,
-//! `KinesisEventResponse` out. The pure fold lives in [`fold`]; this module does the I/O
-//! the plan asks for: quarantine poison, load missing snapshots, fill gaps from the event
-//! store, write each touched account once, resync on conflict, and report the accounts
-//! that still fail at their first record's sequence number.
+//! The projector (DESIGN.md step 3): a [`RecordBatch`] in (records: shard, sequence number,
+//! bytes), the indices of the records to retry out ([`Projection`]). It knows no transport:
+//! the Lambda entry point (`crate::lambda`), the embedded stream and the Kinesis poller (both
+//! through [`crate::service::mapping`]) fill the batch and act on the answer.
+//!
+//! The pure fold lives in [`fold`]; this module does the I/O around it: quarantine poison,
+//! take each account's starting snapshot from the [`SnapshotCache`] or the store, fill gaps
+//! from the event store, write each touched account once with a condition on the version it
+//! started from, resync on conflict from the item the store returns.
+//!
+//! # Contract
+//! - **Every group ends in a write or a failure report.** A group (the events of one
+//!   account in a batch) starts out failed and only a stored snapshot covering its events
+//!   (written now, or found already there) clears it. A failed group is reported at its
+//!   first record, so the mapping retries from there; other accounts go on.
+//! - **The cache never decides what is projected.** A batch reads it once at its start and
+//!   updates it once at its end; eviction happens only then, so it cannot touch an account
+//!   of the batch in flight. The bound holds between batches.
+//! - **Metrics add up.** `events_projected` counts the versions each successful write (or
+//!   catch-up) moved a snapshot forward by; once the stream has drained, appended =
+//!   projected + quarantined (+ parked, when parking lands).
+//! - No wall clock and no randomness: pauses go through `tokio::time` and their jitter is a
+//!   hash of the batch, so a simulator with paused time replays a run exactly.
 
+pub mod cache;
 pub mod fold;
+mod write;
 
+use write::Pending;
+
+pub use cache::SnapshotCache;
 pub use fold::*;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use aws_lambda_events::event::kinesis::KinesisEvent;
-use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
-use tokio::sync::Mutex;
-
-use crate::codec::kinesis::{Arena, KinesisBatch};
+use crate::codec::batch::RecordBatch;
 use crate::domain::{AccountId, Effect, Snapshot};
 use crate::ports::{
     EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
-use crate::service::command::{retry_delay, transient};
 use crate::service::metrics::Metrics;
 
 /// Rounds of conditional snapshot writes per batch (conflicts resynced, throttled writes
-/// retried after a jittered pause) before an account is reported failed.
+/// retried after a pause) before an account is reported failed.
 pub const SNAPSHOT_RETRIES_MAX: u32 = 4;
-/// Default snapshot cache size (entries).
+/// Default snapshot cache size (entries kept between batches).
 pub const CACHE_ENTRIES_DEFAULT: usize = 100_000;
+
+/// What became of a batch: the records to retry, ascending. Empty: the batch is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    pub failed: Vec<usize>,
+}
+
+impl Projection {
+    /// Where a mapping resumes: the lowest failed record, as Lambda does.
+    pub fn lowest_failure(&self) -> Option<usize> {
+        self.failed.first().copied()
+    }
+}
 
 pub struct Projector<E, S, Q> {
     events: E,
     snapshots: S,
     quarantine: Q,
-    cache: Mutex<SnapshotCache>,
+    cache: std::sync::Mutex<SnapshotCache>,
     metrics: Arc<Metrics>,
+    /// Set when a mapping gave up on a record: some events may be unprojected until a
+    /// catch-up runs ([`Projector::catch_up_if_behind`]).
+    behind: AtomicBool,
+    catching_up: tokio::sync::Mutex<()>,
 }
 
-/// Where each record of a batch came from, for quarantine and failure reports.
-struct Origin {
-    sequence_number: String,
-    shard: String,
+/// What one group came to. Groups start [`Fate::Failed`]; see the module contract.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Failed,
+    /// The store holds this snapshot, which covers every event of the group.
+    Stored(Snapshot),
 }
 
 impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
@@ -54,138 +92,147 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             events,
             snapshots,
             quarantine,
-            cache: Mutex::new(SnapshotCache::new(cache_entries)),
+            cache: std::sync::Mutex::new(SnapshotCache::new(cache_entries)),
             metrics,
+            behind: AtomicBool::new(false),
+            catching_up: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The Lambda handler's body.
-    pub async fn handle(&self, event: KinesisEvent) -> KinesisEventResponse {
-        let mut arena = Arena::default();
-        let mut origins = Vec::with_capacity(event.records.len());
-        for r in &event.records {
-            arena.push_bytes(&r.kinesis.data);
-            origins.push(Origin {
-                sequence_number: r.kinesis.sequence_number.clone(),
-                shard: shard_of_event_id(r.event_id.as_deref()),
-            });
+    fn cache(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
+        // The cache is a hint: a panic mid-update leaves at worst a stale entry.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Projects one batch. Never fails as a whole: what could not be done is in `failed`.
+    pub async fn project(&self, batch: &RecordBatch) -> Projection {
+        let grouped = group(batch);
+        let mut failed = self.quarantine_poison(batch, &grouped.poison).await;
+        let starts = self.starts(&grouped).await;
+        let mut fates = vec![Fate::Failed; grouped.groups.len()];
+        let mut pending: Vec<Pending> = Vec::with_capacity(grouped.groups.len());
+        let mut duplicates = 0u64;
+        let dropped = self.mutation_dropped();
+        for (g, group) in grouped.groups.iter().enumerate() {
+            let Some(start) = starts[g].filter(|_| g < dropped) else {
+                continue;
+            };
+            let effects = grouped.effects_of(group);
+            let folded = fold_group(start, effects);
+            duplicates += u64::from(folded.duplicates);
+            let snapshot = match folded.stop {
+                None => folded.snapshot,
+                Some(_) => match self.fold_with_fill(group.account, start, effects).await {
+                    Ok(snapshot) => snapshot,
+                    Err(e) => {
+                        tracing::error!(account = group.account, error = %e, "cannot fold account; reporting failure");
+                        continue;
+                    }
+                },
+            };
+            if snapshot.version > start.version {
+                pending.push(Pending {
+                    group: g,
+                    expected: start.version,
+                    snapshot,
+                });
+            } else {
+                fates[g] = Fate::Stored(start);
+            }
         }
-        self.project(&arena, &origins).await
+        Metrics::add(&self.metrics.duplicates_skipped, duplicates);
+        self.write(pending, &grouped, &mut fates).await;
+        {
+            let mut cache = self.cache();
+            for (g, (group, fate)) in grouped.groups.iter().zip(&fates).enumerate() {
+                match fate {
+                    Fate::Stored(snapshot) => cache.commit(group.account, *snapshot),
+                    Fate::Failed if g >= dropped => {} // only under the mutation below
+                    Fate::Failed => failed.push(group.first_record),
+                }
+            }
+            cache.trim();
+        }
+        Metrics::add(&self.metrics.batches_projected, 1);
+        failed.sort_unstable();
+        failed.dedup();
+        Metrics::add(&self.metrics.accounts_failed, failed.len() as u64);
+        Projection { failed }
     }
 
-    /// The same, straight from the JSON Lambda delivers (the fast path).
-    pub async fn handle_json(
-        &self,
-        json: &[u8],
-    ) -> Result<KinesisEventResponse, serde_json::Error> {
-        let batch = KinesisBatch::parse(json)?;
-        let mut arena = Arena::default();
-        arena.fill(&batch);
-        let origins: Vec<Origin> = batch
-            .records
-            .iter()
-            .map(|r| Origin {
-                sequence_number: r.kinesis.sequence_number.to_string(),
-                shard: r.shard_id().unwrap_or("unknown").to_owned(),
-            })
-            .collect();
-        Ok(self.project(&arena, &origins).await)
+    /// The first group index a batch silently drops: none (`usize::MAX`), except under
+    /// `mutation-eviction`, which re-introduces issue 8 defect 2 for the simulator to
+    /// catch (the groups of a batch beyond the cache's size neither written nor reported).
+    fn mutation_dropped(&self) -> usize {
+        #[cfg(feature = "mutation-eviction")]
+        return self.cache().entries_max();
+        #[cfg(not(feature = "mutation-eviction"))]
+        usize::MAX
     }
 
-    async fn project(&self, arena: &Arena, origins: &[Origin]) -> KinesisEventResponse {
-        let grouped = group(arena);
-        let mut failed: Vec<usize> = Vec::new();
-        for poison in &grouped.poison {
-            let origin = &origins[poison.record];
+    /// Quarantines undecodable records; returns those the quarantine could not take.
+    async fn quarantine_poison(&self, batch: &RecordBatch, poison: &[Poison]) -> Vec<usize> {
+        let mut failed = Vec::new();
+        for p in poison {
             let record = Quarantined {
-                shard: origin.shard.clone(),
-                sequence_number: origin.sequence_number.clone(),
-                data: arena
-                    .record(poison.record)
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_default(),
-                error: poison.error.to_string(),
+                shard: batch.shard(p.record).to_owned(),
+                sequence_number: batch.sequence_number(p.record).to_owned(),
+                data: batch.data(p.record).map(<[u8]>::to_vec).unwrap_or_default(),
+                error: p.error.to_string(),
             };
             tracing::warn!(shard = %record.shard, seq = %record.sequence_number, error = %record.error, "quarantining record");
             match self.quarantine.put(record).await {
                 Ok(()) => Metrics::add(&self.metrics.records_quarantined, 1),
                 Err(e) => {
                     tracing::error!(error = %e, "quarantine unavailable; reporting the record as failed");
-                    failed.push(poison.record);
+                    failed.push(p.record);
                 }
             }
         }
-        let mut cache = self.cache.lock().await;
-        if let Err(e) = self.load_missing(&grouped, &mut cache).await {
-            tracing::error!(error = %e, "snapshot store unavailable; failing the whole batch");
-            failed.extend(grouped.groups.iter().map(|g| g.first_record));
-            return self.respond(&failed, origins);
-        }
-        let plan = plan(&grouped, &cache);
-        Metrics::add(&self.metrics.duplicates_skipped, plan.duplicates);
-        let mut puts: Vec<(SnapshotPut, usize)> = Vec::new();
-        for w in &plan.writes {
-            if !plan.pending.iter().any(|p| p.account == w.account) {
-                puts.push((
-                    SnapshotPut {
-                        account: w.account.to_owned(),
-                        expected_version: w.expected_version,
-                        snapshot: w.snapshot,
-                    },
-                    w.first_record,
-                ));
-            }
-        }
-        for p in &plan.pending {
-            let group = grouped
-                .groups
-                .iter()
-                .find(|g| g.account == p.account)
-                .expect("pending comes from a group");
-            let start = cache.get(p.account).unwrap_or_default();
-            match self
-                .fold_with_fill(p.account, start, grouped.effects_of(group))
-                .await
-            {
-                Ok(snapshot) if snapshot.version > start.version => puts.push((
-                    SnapshotPut {
-                        account: p.account.to_owned(),
-                        expected_version: start.version,
-                        snapshot,
-                    },
-                    p.first_record,
-                )),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(account = p.account, error = %e, "cannot fold account; reporting failure");
-                    failed.push(p.first_record);
-                }
-            }
-        }
-        failed.extend(self.write(puts, &grouped, &mut cache).await);
-        Metrics::add(&self.metrics.batches_projected, 1);
-        self.respond(&failed, origins)
+        failed
     }
 
-    async fn load_missing(
-        &self,
-        grouped: &Grouped<'_>,
-        cache: &mut SnapshotCache,
-    ) -> Result<(), StoreError> {
-        let missing: Vec<String> = grouped
-            .groups
-            .iter()
-            .filter(|g| cache.get(g.account).is_none())
-            .map(|g| g.account.to_owned())
-            .collect();
+    /// Each group's starting snapshot: cached, or loaded (one read for all misses). `None`
+    /// where it could not be loaded: that group fails, the others go on.
+    async fn starts(&self, grouped: &Grouped<'_>) -> Vec<Option<Snapshot>> {
+        let mut starts = Vec::with_capacity(grouped.groups.len());
+        let mut missing: Vec<usize> = Vec::new();
+        {
+            let mut cache = self.cache();
+            cache.begin();
+            for (g, group) in grouped.groups.iter().enumerate() {
+                let start = cache.lookup(group.account);
+                if start.is_none() {
+                    missing.push(g);
+                }
+                starts.push(start);
+            }
+        }
         if missing.is_empty() {
-            return Ok(());
+            return starts;
         }
-        let loaded = self.snapshots.get_many(missing.clone()).await?;
-        for (account, snapshot) in missing.iter().zip(loaded) {
-            cache.commit(account, snapshot.unwrap_or_default());
+        let accounts = missing
+            .iter()
+            .map(|&g| grouped.groups[g].account.to_owned())
+            .collect();
+        match self.snapshots.get_many(accounts).await {
+            Ok(loaded) if loaded.len() == missing.len() => {
+                for (&g, snapshot) in missing.iter().zip(loaded) {
+                    starts[g] = Some(snapshot.unwrap_or_default());
+                }
+            }
+            Ok(loaded) => tracing::error!(
+                asked = missing.len(),
+                got = loaded.len(),
+                "snapshot store answered a different number of items; failing those accounts"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, accounts = missing.len(), "snapshot store unavailable; failing the accounts not cached")
+            }
         }
-        Ok(())
+        starts
     }
 
     /// Folds `effects` onto `start`, filling every gap from the event store.
@@ -195,7 +242,6 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         start: Snapshot,
         effects: &[Effect],
     ) -> Result<Snapshot, FoldFailure> {
-        let id = AccountId::new(account).map_err(|e| FoldFailure(e.to_string()))?;
         let mut snapshot = start;
         let mut rest = effects;
         loop {
@@ -209,6 +255,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     found,
                     at,
                 }) => {
+                    let id = AccountId::new(account).map_err(|e| FoldFailure(e.to_string()))?;
                     let missing = self
                         .events
                         .read(&id, expected, found - 1)
@@ -229,100 +276,43 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         }
     }
 
-    /// Writes the snapshots; resyncs conflicts from the stored item. Returns the first
-    /// records of accounts that still failed.
-    async fn write(
-        &self,
-        mut puts: Vec<(SnapshotPut, usize)>,
-        grouped: &Grouped<'_>,
-        cache: &mut SnapshotCache,
-    ) -> Vec<usize> {
-        let mut failed = Vec::new();
-        // Set when the last round had a throttled write: only then is a pause worth it
-        // (a conflict is resolved from the item the write returned).
-        let mut throttled = false;
-        for round in 0..SNAPSHOT_RETRIES_MAX {
-            if puts.is_empty() {
-                break;
-            }
-            if std::mem::take(&mut throttled) {
-                tokio::time::sleep(retry_delay(round)).await;
-            }
-            let results = self
-                .snapshots
-                .put_many(puts.iter().map(|(p, _)| p.clone()).collect())
-                .await;
-            let mut retry = Vec::new();
-            for ((put, first), result) in puts.into_iter().zip(results) {
-                match result {
-                    Ok(()) => {
-                        Metrics::add(&self.metrics.snapshots_written, 1);
-                        Metrics::add(
-                            &self.metrics.events_projected,
-                            put.snapshot.version - put.expected_version,
-                        );
-                        cache.commit(&put.account, put.snapshot);
-                    }
-                    Err(SnapshotError::Conflict { current }) => {
-                        Metrics::add(&self.metrics.snapshot_conflicts, 1);
-                        let current = current.map_or_else(Snapshot::default, |s| *s);
-                        cache.forget(&put.account);
-                        cache.commit(&put.account, current);
-                        if current.version >= put.snapshot.version {
-                            continue; // someone else got there first
-                        }
-                        let group = grouped.groups.iter().find(|g| g.account == put.account);
-                        let effects = group.map(|g| grouped.effects_of(g)).unwrap_or_default();
-                        match self.fold_with_fill(&put.account, current, effects).await {
-                            Ok(s) if s.version > current.version => retry.push((
-                                SnapshotPut {
-                                    account: put.account,
-                                    expected_version: current.version,
-                                    snapshot: s,
-                                },
-                                first,
-                            )),
-                            Ok(_) => {}
-                            Err(_) => failed.push(first),
-                        }
-                    }
-                    Err(SnapshotError::Store(e)) if transient(&e) => {
-                        tracing::warn!(account = %put.account, error = %e, "snapshot write failed; retrying");
-                        throttled = true;
-                        retry.push((put, first));
-                    }
-                    Err(SnapshotError::Store(e)) => {
-                        tracing::error!(account = %put.account, error = %e, "snapshot write failed");
-                        failed.push(first);
-                    }
-                }
-            }
-            puts = retry;
+    /// Called by a mapping that gave up on a record: its events stay unprojected until a
+    /// catch-up from the event store ([`Projector::catch_up_if_behind`]).
+    pub fn gave_up(&self, batch: &RecordBatch, record: usize) {
+        tracing::error!(
+            shard = batch.shard(record),
+            seq = batch.sequence_number(record),
+            "mapping gave up on a record; its accounts wait for a catch-up"
+        );
+        Metrics::add(&self.metrics.records_given_up, 1);
+        self.behind.store(true, Ordering::Release);
+    }
+
+    /// Whether a give-up left events that only a catch-up will project.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire)
+    }
+
+    /// Runs a catch-up if a mapping gave up on a record since the last one. On failure the
+    /// projector stays behind, so the next call tries again.
+    pub async fn catch_up_if_behind(&self) -> Result<Option<CatchUp>, StoreError> {
+        if !self.behind.swap(false, Ordering::AcqRel) {
+            return Ok(None);
         }
-        failed.extend(puts.into_iter().map(|(_, first)| first));
-        failed
+        match self.catch_up().await {
+            Ok(report) => Ok(Some(report)),
+            Err(e) => {
+                self.behind.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
-    fn respond(&self, failed: &[usize], origins: &[Origin]) -> KinesisEventResponse {
-        Metrics::add(&self.metrics.accounts_failed, failed.len() as u64);
-        let mut response = KinesisEventResponse::default();
-        let mut records: Vec<usize> = failed.to_vec();
-        records.sort_unstable();
-        records.dedup();
-        response.batch_item_failures = records
-            .into_iter()
-            .map(|i| {
-                let mut f = KinesisBatchItemFailure::default();
-                f.item_identifier = Some(origins[i].sequence_number.clone());
-                f
-            })
-            .collect();
-        response
-    }
-
-    /// Brings every snapshot up to its account's newest stored version. Run at start: this
-    /// is what makes a crash between append and publish lose nothing.
+    /// Brings every snapshot up to its account's newest stored version. Run at start and
+    /// after give-ups: this is what makes a crash between append and publish, or a record
+    /// the mapping dropped, lose nothing.
     pub async fn catch_up(&self) -> Result<CatchUp, StoreError> {
+        let _one_at_a_time = self.catching_up.lock().await;
         let mut report = CatchUp::default();
         let mut after: Option<AccountId> = None;
         loop {
@@ -335,54 +325,59 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             let snapshots = self.snapshots.get_many(names).await?;
             for ((account, newest), snapshot) in accounts.iter().zip(snapshots) {
                 report.accounts += 1;
-                let start = snapshot.unwrap_or_default();
-                if start.version >= *newest {
-                    continue;
-                }
-                let events = self
-                    .events
-                    .read(account, start.version + 1, *newest)
-                    .await?;
-                let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
-                let fold = fold_group(start, &fx);
-                if fold.stop.is_some() || fold.snapshot.version != *newest {
-                    return Err(StoreError::Corrupt(format!(
-                        "events of {account} do not fold to version {newest}"
-                    )));
-                }
-                let put = SnapshotPut {
-                    account: account.to_string(),
-                    expected_version: start.version,
-                    snapshot: fold.snapshot,
-                };
-                match self.snapshots.put_many(vec![put]).await.pop() {
-                    Some(Ok(())) => {
-                        Metrics::add(&self.metrics.snapshots_written, 1);
-                        report.caught_up += 1
-                    }
-                    Some(Err(SnapshotError::Conflict { .. })) => report.caught_up += 1,
-                    Some(Err(SnapshotError::Store(e))) => return Err(e),
-                    None => {}
+                if self.catch_up_account(account, *newest, snapshot).await? {
+                    report.caught_up += 1;
                 }
             }
         }
-        self.cache.lock().await.clear();
         Ok(report)
+    }
+
+    /// Brings one account from `stored` to `newest`; true if it was behind.
+    async fn catch_up_account(
+        &self,
+        account: &AccountId,
+        newest: u64,
+        stored: Option<Snapshot>,
+    ) -> Result<bool, StoreError> {
+        let start = stored.unwrap_or_default();
+        if start.version >= newest {
+            return Ok(false);
+        }
+        let events = self.events.read(account, start.version + 1, newest).await?;
+        let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
+        let fold = fold_group(start, &fx);
+        if fold.stop.is_some() || fold.snapshot.version != newest {
+            return Err(StoreError::Corrupt(format!(
+                "events of {account} do not fold to version {newest}"
+            )));
+        }
+        let put = put(account.as_str(), start.version, fold.snapshot);
+        match self.snapshots.put_many(vec![put]).await.pop() {
+            Some(Ok(())) => {
+                Metrics::add(&self.metrics.snapshots_written, 1);
+                Metrics::add(&self.metrics.events_projected, newest - start.version);
+                self.cache().commit(account.as_str(), fold.snapshot);
+            }
+            // Someone projected it meanwhile; the cache learns the stored item next batch.
+            Some(Err(SnapshotError::Conflict { .. })) => {}
+            Some(Err(SnapshotError::Store(e))) => return Err(e),
+            None => {
+                return Err(StoreError::Unavailable(
+                    "snapshot store answered no result".into(),
+                ));
+            }
+        }
+        Ok(true)
     }
 }
 
-/// Index in `sequence_numbers` of the lowest record a response reports failed: where an
-/// event source mapping resumes, as Lambda does.
-pub fn lowest_failure(
-    response: &KinesisEventResponse,
-    sequence_numbers: &[String],
-) -> Option<usize> {
-    response
-        .batch_item_failures
-        .iter()
-        .filter_map(|f| f.item_identifier.as_deref())
-        .filter_map(|seq| sequence_numbers.iter().position(|s| s == seq))
-        .min()
+fn put(account: &str, expected_version: u64, snapshot: Snapshot) -> SnapshotPut {
+    SnapshotPut {
+        account: account.to_owned(),
+        expected_version,
+        snapshot,
+    }
 }
 
 /// What a catch-up did.
@@ -395,9 +390,3 @@ pub struct CatchUp {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct FoldFailure(String);
-
-fn shard_of_event_id(event_id: Option<&str>) -> String {
-    event_id
-        .and_then(|id| id.split_once(':'))
-        .map_or_else(|| "unknown".to_owned(), |(shard, _)| shard.to_owned())
-}
