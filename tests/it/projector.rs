@@ -40,6 +40,38 @@ fn record(pages: &[(&str, &[Event])]) -> Vec<u8> {
     encode_aggregate(&WireAggregate { pages }).unwrap().to_vec()
 }
 
+/// A poison record whose first page names an account new to the batch leaves nothing of
+/// it behind: the account's group starts at its first valid record, so a failure of that
+/// group is reported there, not at the poison (which the mapping would redeliver and
+/// quarantine again).
+#[test]
+fn a_poison_record_leaves_no_trace_in_the_groups_of_the_records_after_it() {
+    let z = account_events(3, 9);
+    let mut pages = vec![WirePage::from_page(
+        &Page::new(AccountId::new("acct-z").unwrap(), z[0..1].to_vec()).unwrap(),
+    )];
+    let mut bad = pages[0].clone();
+    bad.account = String::new(); // not an account id: the record is poison
+    pages.push(bad);
+    let records = vec![
+        encode_aggregate(&WireAggregate { pages }).unwrap().to_vec(),
+        record(&[("acct-y", &account_events(1, 8))]),
+        record(&[("acct-z", &z)]),
+    ];
+    let batch = batch_of(&records);
+    let grouped = group(&batch);
+    assert_eq!(grouped.poison.len(), 1);
+    assert_eq!(grouped.poison[0].record, 0);
+    assert_eq!(
+        grouped
+            .groups
+            .iter()
+            .map(|g| (g.account, g.first_record, g.range.len()))
+            .collect::<Vec<_>>(),
+        [("acct-y", 1, 1), ("acct-z", 2, 3)]
+    );
+}
+
 #[test]
 fn a_batch_folds_to_one_write_per_account_with_duplicates_gaps_and_poison_reported() {
     let a = account_events(6, 1);

@@ -59,15 +59,21 @@ pub fn group(batch: &RecordBatch) -> Grouped<'_> {
     let mut tagged: Vec<(u32, Effect)> = Vec::with_capacity(events_max);
     let mut poison = Vec::new();
     for i in 0..batch.len() {
-        let mark = tagged.len();
+        let (mark, heads_mark) = (tagged.len(), heads.len());
         let result = batch
             .data(i)
             .and_then(|bytes| add_record(i, bytes, &mut index, &mut heads, &mut tagged));
         if let Err(error) = result {
+            // Undo the record whole: its effects, and the accounts it was first to name (a
+            // later record of such an account starts that account's group).
             for &(g, _) in &tagged[mark..] {
                 heads[g as usize].2 -= 1;
             }
             tagged.truncate(mark);
+            for &(account, ..) in &heads[heads_mark..] {
+                index.remove(account);
+            }
+            heads.truncate(heads_mark);
             poison.push(Poison { record: i, error });
         }
     }
