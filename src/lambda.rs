@@ -11,6 +11,7 @@ use crate::adapters::aws::kinesis::KinesisPublisher;
 use crate::config::{AwsSettings, Config};
 use crate::domain::Policy;
 use crate::http::{Api, router};
+use crate::service::backstop::Backstop;
 use crate::service::command::{CommandService, system_clock};
 use crate::service::metrics::Metrics;
 use crate::service::projector::Projector;
@@ -42,6 +43,7 @@ pub struct AwsApp {
     pub buckets: u32,
     pub cache_entries: usize,
     pub tip_cache_entries: usize,
+    pub backstop_delay: std::time::Duration,
 }
 
 impl AwsApp {
@@ -71,6 +73,7 @@ impl AwsApp {
             buckets: config.buckets,
             cache_entries: config.cache_entries,
             tip_cache_entries: config.tip_cache_entries,
+            backstop_delay: aws.backstop_delay,
         }
     }
 
@@ -110,6 +113,19 @@ impl AwsApp {
             self.store.clone(),
             self.cache_entries,
             self.metrics.clone(),
+        )
+    }
+}
+
+impl AwsApp {
+    /// The backstop over DynamoDB: its own projector (only its one-account catch-up is
+    /// used) and the configured delay.
+    pub fn backstop(&self) -> Backstop<DynamoStore, DynamoStore, DynamoStore> {
+        Backstop::new(
+            Arc::new(self.projector()),
+            self.store.clone(),
+            self.metrics.clone(),
+            self.backstop_delay,
         )
     }
 }

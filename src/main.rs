@@ -32,8 +32,8 @@ const SCAN_SEGMENTS_DEFAULT: u32 = 8;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, a poller
-    /// plays the projector's event source mapping, as the Lambda would.
+    /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, pollers
+    /// play the projector's and the backstop's event source mappings, as the Lambdas would.
     Serve {
         #[arg(long, default_value = "127.0.0.1:3000", env = "TALLY_ADDR")]
         addr: String,
@@ -285,7 +285,7 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
         Cmd::Serve {
             addr,
             create_resources,
-        } => serve_aws(&app, config, &addr, create_resources).await,
+        } => serve_aws(&app, config, aws, &addr, create_resources).await,
         Cmd::Ingest {
             file,
             rejects,
@@ -349,12 +349,15 @@ async fn serve(addr: &str, router: axum::Router, what: &str) -> Result<(), Strin
 async fn serve_aws(
     app: &AwsApp,
     config: &Config,
+    aws: &AwsSettings,
     addr: &str,
     create_resources: bool,
 ) -> Result<ExitCode, String> {
     use std::sync::Arc;
     use tally::adapters::aws::create_stream;
     use tally::adapters::aws::poller::spawn_poller;
+    use tally::adapters::aws::streams::spawn_stream_backstop;
+    use tally::adapters::aws::{clients, streams_client};
 
     if create_resources {
         app.store
@@ -364,15 +367,27 @@ async fn serve_aws(
         let shards = i32::try_from(config.shards).unwrap_or(i32::MAX);
         create_stream(&app.kinesis, &app.stream, shards).await?;
     }
-    // The same wiring the Lambda functions use, plus a poller playing the event source mapping.
+    // The same wiring the Lambda functions use, plus pollers playing their event source
+    // mappings: Kinesis to the projector, the Events table's stream to the backstop.
     let poller = spawn_poller(
         app.kinesis.clone(),
         app.stream.clone(),
         Arc::new(app.projector()),
         config.mapping,
     );
-    let what = format!("backend aws, stream {}", app.stream);
+    let backstop = spawn_stream_backstop(
+        clients(aws).await.0,
+        streams_client(aws).await,
+        aws.tables.events_table.clone(),
+        Arc::new(app.backstop()),
+    );
+    let what = format!(
+        "backend aws, stream {}, backstop after {} s",
+        app.stream,
+        aws.backstop_delay.as_secs()
+    );
     let served = serve(addr, app.router(), &what).await;
+    backstop.stop().await;
     poller.stop().await;
     served?;
     eprintln!("tally stopped");

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod bucket;
+pub mod ddb_stream;
 pub mod json;
 pub mod kinesis;
 pub mod record;

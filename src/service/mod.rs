@@ -1,6 +1,7 @@
 //! Orchestration of the domain over ports. Today: the projector's pure batch fold.
 
 pub mod audit;
+pub mod backstop;
 pub mod command;
 pub mod ingest;
 pub mod locks;

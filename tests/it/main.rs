@@ -4,6 +4,7 @@
 
 mod aws;
 mod aws_cli;
+mod backstop;
 mod clients;
 mod codec_robustness;
 mod cost;

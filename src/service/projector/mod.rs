@@ -336,38 +336,51 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             for ((account, newest), snapshot) in accounts.iter().zip(snapshots) {
                 report.accounts += 1;
                 let start = snapshot.unwrap_or_default();
-                if start.version >= *newest {
-                    continue;
-                }
-                let events = self
-                    .events
-                    .read(account, start.version + 1, *newest)
-                    .await?;
-                let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
-                let fold = fold_group(start, &fx);
-                if fold.stop.is_some() || fold.snapshot.version != *newest {
-                    return Err(StoreError::Corrupt(format!(
-                        "events of {account} do not fold to version {newest}"
-                    )));
-                }
-                let put = SnapshotPut {
-                    account: account.to_string(),
-                    expected_version: start.version,
-                    snapshot: fold.snapshot,
-                };
-                match self.snapshots.put_many(vec![put]).await.pop() {
-                    Some(Ok(())) => {
-                        Metrics::add(&self.metrics.snapshots_written, 1);
-                        report.caught_up += 1
-                    }
-                    Some(Err(SnapshotError::Conflict { .. })) => report.caught_up += 1,
-                    Some(Err(SnapshotError::Store(e))) => return Err(e),
-                    None => {}
+                if start.version < *newest {
+                    self.catch_up_account(account, start, *newest).await?;
+                    report.caught_up += 1;
                 }
             }
         }
         self.cache.lock().await.clear();
         Ok(report)
+    }
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
+    /// Brings one account's snapshot from `start` (what the store holds) up to `newest`
+    /// from the event store, with the same conditional put as a batch: the catch-up at
+    /// start and the AWS backstop (`service::backstop`) share this one fold path. `Ok(true)`:
+    /// written; `Ok(false)`: the stored snapshot moved away from `start` meanwhile (someone
+    /// else projected; the caller may look again). A fold that does not reach `newest` is
+    /// `Corrupt`.
+    pub async fn catch_up_account(
+        &self,
+        account: &AccountId,
+        start: Snapshot,
+        newest: u64,
+    ) -> Result<bool, StoreError> {
+        let events = self.events.read(account, start.version + 1, newest).await?;
+        let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
+        let fold = fold_group(start, &fx);
+        if fold.stop.is_some() || fold.snapshot.version != newest {
+            return Err(StoreError::Corrupt(format!(
+                "events of {account} do not fold to version {newest}"
+            )));
+        }
+        let put = SnapshotPut {
+            account: account.to_string(),
+            expected_version: start.version,
+            snapshot: fold.snapshot,
+        };
+        match self.snapshots.put_many(vec![put]).await.pop() {
+            Some(Ok(())) => {
+                Metrics::add(&self.metrics.snapshots_written, 1);
+                Ok(true)
+            }
+            Some(Err(SnapshotError::Conflict { .. })) | None => Ok(false),
+            Some(Err(SnapshotError::Store(e))) => Err(e),
+        }
     }
 }
 

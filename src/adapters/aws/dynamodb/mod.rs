@@ -32,7 +32,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
-    KeysAndAttributes, ReturnConsumedCapacity, ScalarAttributeType,
+    KeysAndAttributes, ReturnConsumedCapacity, ScalarAttributeType, StreamSpecification,
+    StreamViewType,
 };
 
 use super::AwsConfig;
@@ -168,7 +169,8 @@ impl DynamoStore {
     }
 
     /// Creates the three tables (on-demand) if they do not exist: for emulators and tests;
-    /// in AWS the SAM template owns them.
+    /// in AWS the SAM template owns them. The Events table gets its stream (new images),
+    /// which the backstop reads.
     pub async fn create_tables(&self) -> Result<(), StoreError> {
         let tables = [
             (&self.config.events_table, true),
@@ -194,6 +196,14 @@ impl DynamoStore {
                         .key_type(KeyType::Hash)
                         .build(),
                 )?);
+            if name == &self.config.events_table {
+                req = req.stream_specification(built(
+                    StreamSpecification::builder()
+                        .stream_enabled(true)
+                        .stream_view_type(StreamViewType::NewImage)
+                        .build(),
+                )?);
+            }
             if with_sort {
                 req = req
                     .attribute_definitions(built(
