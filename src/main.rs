@@ -31,6 +31,19 @@ struct Cli {
 const SCAN_SEGMENTS_DEFAULT: u32 = 8;
 
 #[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// One line per record: shard, sequence number, size, error.
+    List {
+        /// Also write each record's bytes to DIR/<shard>_<sequence number>.bin.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<PathBuf>,
+    },
+    /// Feed every record that now decodes through the projector and remove it once
+    /// projected; exit 1 if any stays.
+    Redrive,
+}
+
+#[derive(Debug, Subcommand)]
 enum Cmd {
     /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, pollers
     /// play the projector's and the backstop's event source mappings, as the Lambdas would.
@@ -86,6 +99,11 @@ enum Cmd {
         /// Parallel scan segments (aws).
         #[arg(long, default_value_t = SCAN_SEGMENTS_DEFAULT)]
         segments: u32,
+    },
+    /// List quarantined stream records, or redrive them through the projector.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCmd,
     },
     /// Run the deterministic simulator: seeded workloads, faults and interleavings against
     /// the real services, checked against the reference model (see README, "How tally is
@@ -265,6 +283,17 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
             app.shutdown().await;
             Ok(tally::cli::print_replay(n))
         }
+        Cmd::Quarantine {
+            action: QuarantineCmd::List { dump },
+        } => tally::cli::quarantine::list(&open_store(dir)?, dump.as_deref()).await,
+        Cmd::Quarantine {
+            action: QuarantineCmd::Redrive,
+        } => {
+            let app = start(dir, config).await?;
+            let result = tally::cli::quarantine::redrive(&app.projector, &app.store).await;
+            app.shutdown().await;
+            result
+        }
         Cmd::Verify { .. } => {
             // Reads only: no catch-up first, or it would repair what it should report.
             let store = open_store(dir)?;
@@ -315,6 +344,12 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
                 .map_err(|e| e.to_string())?;
             Ok(tally::cli::print_replay(n))
         }
+        Cmd::Quarantine {
+            action: QuarantineCmd::List { dump },
+        } => tally::cli::quarantine::list(&app.store, dump.as_deref()).await,
+        Cmd::Quarantine {
+            action: QuarantineCmd::Redrive,
+        } => tally::cli::quarantine::redrive(&app.projector(), &app.store).await,
         Cmd::Verify { segments } => {
             let accounts = app
                 .store

@@ -7,5 +7,6 @@ pub mod ingest;
 pub mod locks;
 pub mod metrics;
 pub mod projector;
+pub mod quarantine;
 pub mod query;
 mod tips;

@@ -17,6 +17,7 @@ mod matrix;
 mod pipeline;
 mod projector;
 mod properties;
+mod quarantine;
 mod races;
 mod reference;
 mod rows;

@@ -10,15 +10,18 @@
 //!     condition that it is still false.
 //! - Balances table, `pk` = account, plain readable attributes, one conditional `PutItem`
 //!   per account per batch with `ReturnValuesOnConditionCheckFailure=ALL_OLD`.
-//! - Quarantine table, `pk` = shard, `sk` = sequence number, `data`, `error`.
+//! - Quarantine table, `pk` = shard, `sk` = sequence number (the head item: `error`,
+//!   `size`, `chunks`, the first chunk of the bytes in `data`), and `sk` = sequence number
+//!   then `#` and the chunk index for the rest: a Kinesis record (≤ 1 MiB) is kept whole
+//!   although an item holds 400 KB.
 //!
 //! Every call asks for `ReturnConsumedCapacity=TOTAL` and adds the units to the shared
 //! [`Metrics`] (what the cost table in BENCHMARKS.md is measured with, and what CloudWatch
 //! sees per invocation). Appends of different accounts, and snapshot writes, run
 //! concurrently (at most [`CONCURRENCY_MAX`] in flight); one account's pages go in order.
 //!
-//! `events` implements the event store, `snapshots` the snapshot store and the quarantine,
-//! `scan` the parallel whole-table listing audits use; this module holds the client, the
+//! `events` implements the event store, `snapshots` the snapshot store, `quarantine` the
+//! quarantine (chunked), `scan` the parallel whole-table listing audits use; this module holds the client, the
 //! capacity accounting and what they share.
 //!
 //! Every SDK error becomes a port error here: conditional failures become `Conflict` /
@@ -43,6 +46,7 @@ use crate::service::metrics::{Metrics, milli_units};
 mod append;
 mod events;
 mod items;
+mod quarantine;
 mod scan;
 mod snapshots;
 
