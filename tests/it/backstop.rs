@@ -301,3 +301,57 @@ async fn a_record_the_mapping_gave_up_on_reaches_the_balances_through_the_backst
     );
     stop().await;
 }
+
+/// The Lambda's body (`Backstop::check_when_due`) on the embedded store, in paused time: it
+/// waits until each page is the delay old, no less, then repairs the account.
+#[tokio::test(start_paused = true)]
+async fn the_lambda_body_checks_a_page_only_once_it_is_the_delay_old() {
+    use tally::adapters::embedded::EmbeddedStore;
+    use tally::service::backstop::PageNotice;
+
+    let store = EmbeddedStore::in_memory().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let checker = Projector::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        1,
+        metrics.clone(),
+    );
+    let delay = Duration::from_secs(60);
+    let backstop = Backstop::new(Arc::new(checker), store.clone(), metrics.clone(), delay);
+    let crashed = CommandService::new(store.clone(), Crashed, Policy::default(), 64, Arc::new(at));
+    let cmd = Command::Deposit {
+        txn_id: TxnId::new("paused-1").unwrap(),
+        amount: Money(900),
+        occurred_at: at(),
+    };
+    crashed
+        .submit(AccountId::new("paused").unwrap(), cmd)
+        .await
+        .unwrap();
+    let origin = tokio::time::Instant::now();
+    let now = move || 1_000_000 + origin.elapsed().as_millis() as i64;
+    let notices = [PageNotice {
+        account: "paused".into(),
+        last_version: 1,
+        appended_at_ms: now(),
+    }];
+    assert_eq!(store.get("paused").await.unwrap(), None);
+    let checked = backstop.check_when_due(&notices, now).await.unwrap();
+    assert!(
+        origin.elapsed() >= delay,
+        "checked after {:?}",
+        origin.elapsed()
+    );
+    assert!(origin.elapsed() < delay + Duration::from_secs(1));
+    assert_eq!(
+        (checked.accounts, checked.repaired, checked.failed),
+        (1, 1, 0)
+    );
+    let s = store.get("paused").await.unwrap().unwrap();
+    assert_eq!((s.version, s.balance), (1, Money(900)));
+    // Checked again (a redelivered batch): nothing behind, nothing written.
+    let again = backstop.check(&notices).await.unwrap();
+    assert_eq!((again.accounts, again.repaired), (1, 0));
+}
