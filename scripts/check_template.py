@@ -1,5 +1,5 @@
-"""Asserts what the validators miss inside SAM events: the projector's event source mapping
-settings, least-privilege policies per function, and that the HTTP API routes match the
+"""Asserts what the validators miss inside SAM events: the projector's and the backstop's event
+source mapping settings, the Events table's protection and stream, least-privilege policies per function, and that the HTTP API routes match the
 router's. Run by .ci/run after `sam validate` and `cfn-lint` (needs cfn-lint installed)."""
 import re
 import sys
@@ -60,7 +60,29 @@ projector = actions("ProjectorFunction")
 assert not (projector["EventsTable"] & writes), "the projector must not write events"
 assert projector["QuarantineTable"] == {"dynamodb:PutItem"}
 assert "EventStream" not in projector, "stream reads come with the event source mapping"
-for fn in ("CommandFunction", "QueryFunction", "ProjectorFunction"):
+# The source of truth survives stack deletion, replacement and DeleteTable; its stream feeds
+# the backstop, which sees only page inserts and must never give up on a record for age.
+events = res["EventsTable"]
+assert events.get("DeletionPolicy") == "Retain" and events.get("UpdateReplacePolicy") == "Retain"
+assert events["Properties"].get("DeletionProtectionEnabled") is True
+assert events["Properties"]["StreamSpecification"] == {"StreamViewType": "NEW_IMAGE"}
+pages = res["BackstopFunction"]["Properties"]["Events"]["Pages"]["Properties"]
+assert pages["Stream"] == {"Fn::GetAtt": ["EventsTable", "StreamArn"]}
+assert pages["MaximumRecordAgeInSeconds"] == -1, "the backstop must not drop records for age"
+assert pages["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+pattern = pages["FilterCriteria"]["Filters"][0]["Pattern"]
+import json
+assert json.loads(pattern) == {"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "v#"}]}}}}, pattern
+backstop = actions("BackstopFunction")
+assert not (backstop["EventsTable"] & writes), "the backstop must not write events"
+assert backstop["BalancesTable"] == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem"}
+assert "QuarantineTable" not in backstop and "EventStream" not in backstop
+delay = template["Parameters"]["BackstopDelaySeconds"]
+assert res["BackstopFunction"]["Properties"]["Timeout"] >= delay["MaxValue"] + 60, "timeout below the longest wait"
+# The projector's mapping keeps a record as long as Kinesis does; the backstop covers the rest.
+assert mapping["MaximumRecordAgeInSeconds"] <= res["EventStream"]["Properties"]["RetentionPeriodHours"] * 3600
+
+for fn in ("CommandFunction", "QueryFunction", "ProjectorFunction", "BackstopFunction"):
     for actions_ in actions(fn).values():
         assert not any(a.endswith(":*") or a == "*" for a in actions_), f"{fn} has a wildcard action"
 
@@ -73,5 +95,5 @@ router = set(re.findall(r'\("(get|post)", "([^"]+)"\)', open("src/http.rs").read
 missing = router - routes - {("get", "/metrics")}
 assert not missing, f"router routes the API does not expose: {missing}"
 assert routes <= router, f"API routes the router does not serve: {routes - router}"
-print(f"template ok: mapping settings, least privilege for 3 functions, {len(routes)} routes")
+print(f"template ok: mapping settings, least privilege for 4 functions, backstop, {len(routes)} routes")
 sys.exit(0)

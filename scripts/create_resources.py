@@ -5,8 +5,8 @@ Run by `scripts/emulators up` (which installs boto3 and PyYAML into .tools/pytho
 the names from TALLY_EVENTS_TABLE, TALLY_BALANCES_TABLE, TALLY_QUARANTINE_TABLE and
 TALLY_STREAM, the endpoints from AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_KINESIS.
 Idempotent: what exists is left alone. Point-in-time recovery and stream encryption are
-AWS-side settings the emulators do not model; key schemas, billing mode, TTL and the shard
-count are applied as written.
+AWS-side settings the emulators do not model; key schemas, billing mode, TTL, the Events table's
+stream (the backstop reads it) and the shard count are applied as written.
 """
 import os
 import sys
@@ -76,12 +76,19 @@ def main():
     for logical, variable in TABLES.items():
         props = resources[logical]["Properties"]
         name = env(variable)
+        extra = {}
+        if "StreamSpecification" in props:
+            extra["StreamSpecification"] = {
+                "StreamEnabled": True,
+                "StreamViewType": props["StreamSpecification"]["StreamViewType"],
+            }
         try:
             dynamodb.create_table(
                 TableName=name,
                 AttributeDefinitions=props["AttributeDefinitions"],
                 KeySchema=props["KeySchema"],
                 BillingMode=props["BillingMode"],
+                **extra,
             )
             created.append(f"table {name}")
         except dynamodb.exceptions.ResourceInUseException:

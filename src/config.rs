@@ -97,6 +97,9 @@ pub struct ConfigArgs {
     /// Retries of a failing record before the local mapping gives up on it [default: 8].
     #[arg(long, global = true, env = "TALLY_RETRIES_MAX")]
     pub retries_max: Option<String>,
+    /// Seconds after its append that the AWS backstop checks a page's account [default: 60].
+    #[arg(long, global = true, env = "TALLY_BACKSTOP_DELAY_SECS")]
+    pub backstop_delay_secs: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax) [default: warn for the CLI, info in Lambda].
     #[arg(long, global = true, env = "TALLY_LOG")]
     pub log: Option<String>,
@@ -130,6 +133,8 @@ pub struct AwsSettings {
     pub region: Option<String>,
     pub dynamodb_endpoint: Option<String>,
     pub kinesis_endpoint: Option<String>,
+    /// How long after its append the backstop checks a page (`service::backstop`).
+    pub backstop_delay: Duration,
 }
 
 /// The checked configuration.
@@ -339,6 +344,14 @@ fn aws_settings(args: &ConfigArgs) -> Result<AwsSettings, ConfigError> {
             name!("--kinesis-endpoint", "TALLY_KINESIS_ENDPOINT"),
             &args.kinesis_endpoint,
         )?,
+        backstop_delay: Duration::from_secs(
+            name!("--backstop-delay-secs", "TALLY_BACKSTOP_DELAY_SECS").number(
+                &args.backstop_delay_secs,
+                crate::service::backstop::DELAY_SECS_DEFAULT,
+                0,
+                600,
+            )?,
+        ),
     })
 }
 

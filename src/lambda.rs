@@ -17,6 +17,7 @@ use crate::config::{AwsSettings, Config};
 use crate::domain::Policy;
 use crate::http::{Api, router};
 use crate::ports::{EventStore, Quarantine, SnapshotStore};
+use crate::service::backstop::Backstop;
 use crate::service::command::{CommandService, system_clock};
 use crate::service::metrics::Metrics;
 use crate::service::projector::Projector;
@@ -48,6 +49,7 @@ pub struct AwsApp {
     pub buckets: u32,
     pub cache_entries: usize,
     pub tip_cache_entries: usize,
+    pub backstop_delay: std::time::Duration,
 }
 
 impl AwsApp {
@@ -77,6 +79,7 @@ impl AwsApp {
             buckets: config.buckets,
             cache_entries: config.cache_entries,
             tip_cache_entries: config.tip_cache_entries,
+            backstop_delay: aws.backstop_delay,
         }
     }
 
@@ -162,6 +165,19 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> KinesisHandler<E, S, Q> {
         };
         *self.spare() = Some(batch);
         response
+    }
+}
+
+impl AwsApp {
+    /// The backstop over DynamoDB: its own projector (only its one-account catch-up is
+    /// used) and the configured delay.
+    pub fn backstop(&self) -> Backstop<DynamoStore, DynamoStore, DynamoStore> {
+        Backstop::new(
+            Arc::new(self.projector()),
+            self.store.clone(),
+            self.metrics.clone(),
+            self.backstop_delay,
+        )
     }
 }
 

@@ -31,9 +31,22 @@ struct Cli {
 const SCAN_SEGMENTS_DEFAULT: u32 = 8;
 
 #[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// One line per record: shard, sequence number, size, error.
+    List {
+        /// Also write each record's bytes to DIR/<shard>_<sequence number>.bin.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<PathBuf>,
+    },
+    /// Feed every record that now decodes through the projector and remove it once
+    /// projected; exit 1 if any stays.
+    Redrive,
+}
+
+#[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, a poller
-    /// plays the projector's event source mapping, as the Lambda would.
+    /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, pollers
+    /// play the projector's and the backstop's event source mappings, as the Lambdas would.
     Serve {
         #[arg(long, default_value = "127.0.0.1:3000", env = "TALLY_ADDR")]
         addr: String,
@@ -86,6 +99,11 @@ enum Cmd {
         /// Parallel scan segments (aws).
         #[arg(long, default_value_t = SCAN_SEGMENTS_DEFAULT)]
         segments: u32,
+    },
+    /// List quarantined stream records, or redrive them through the projector.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCmd,
     },
     /// Run the deterministic simulator: seeded workloads, faults and interleavings against
     /// the real services, checked against the reference model (see README, "How tally is
@@ -265,6 +283,17 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
             app.shutdown().await;
             Ok(tally::cli::print_replay(n))
         }
+        Cmd::Quarantine {
+            action: QuarantineCmd::List { dump },
+        } => tally::cli::quarantine::list(&open_store(dir)?, dump.as_deref()).await,
+        Cmd::Quarantine {
+            action: QuarantineCmd::Redrive,
+        } => {
+            let app = start(dir, config).await?;
+            let result = tally::cli::quarantine::redrive(&app.projector, &app.store).await;
+            app.shutdown().await;
+            result
+        }
         Cmd::Verify { .. } => {
             // Reads only: no catch-up first, or it would repair what it should report.
             let store = open_store(dir)?;
@@ -285,7 +314,7 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
         Cmd::Serve {
             addr,
             create_resources,
-        } => serve_aws(&app, config, &addr, create_resources).await,
+        } => serve_aws(&app, config, aws, &addr, create_resources).await,
         Cmd::Ingest {
             file,
             rejects,
@@ -315,6 +344,12 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
                 .map_err(|e| e.to_string())?;
             Ok(tally::cli::print_replay(n))
         }
+        Cmd::Quarantine {
+            action: QuarantineCmd::List { dump },
+        } => tally::cli::quarantine::list(&app.store, dump.as_deref()).await,
+        Cmd::Quarantine {
+            action: QuarantineCmd::Redrive,
+        } => tally::cli::quarantine::redrive(&app.projector(), &app.store).await,
         Cmd::Verify { segments } => {
             let accounts = app
                 .store
@@ -349,12 +384,15 @@ async fn serve(addr: &str, router: axum::Router, what: &str) -> Result<(), Strin
 async fn serve_aws(
     app: &AwsApp,
     config: &Config,
+    aws: &AwsSettings,
     addr: &str,
     create_resources: bool,
 ) -> Result<ExitCode, String> {
     use std::sync::Arc;
     use tally::adapters::aws::create_stream;
     use tally::adapters::aws::poller::spawn_poller;
+    use tally::adapters::aws::streams::spawn_stream_backstop;
+    use tally::adapters::aws::{clients, streams_client};
 
     if create_resources {
         app.store
@@ -364,15 +402,27 @@ async fn serve_aws(
         let shards = i32::try_from(config.shards).unwrap_or(i32::MAX);
         create_stream(&app.kinesis, &app.stream, shards).await?;
     }
-    // The same wiring the Lambda functions use, plus a poller playing the event source mapping.
+    // The same wiring the Lambda functions use, plus pollers playing their event source
+    // mappings: Kinesis to the projector, the Events table's stream to the backstop.
     let poller = spawn_poller(
         app.kinesis.clone(),
         app.stream.clone(),
         Arc::new(app.projector()),
         config.mapping,
     );
-    let what = format!("backend aws, stream {}", app.stream);
+    let backstop = spawn_stream_backstop(
+        clients(aws).await.0,
+        streams_client(aws).await,
+        aws.tables.events_table.clone(),
+        Arc::new(app.backstop()),
+    );
+    let what = format!(
+        "backend aws, stream {}, backstop after {} s",
+        app.stream,
+        aws.backstop_delay.as_secs()
+    );
     let served = serve(addr, app.router(), &what).await;
+    backstop.stop().await;
     poller.stop().await;
     served?;
     eprintln!("tally stopped");

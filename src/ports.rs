@@ -310,3 +310,17 @@ pub struct Quarantined {
 pub trait Quarantine: Send + Sync + 'static {
     fn put(&self, record: Quarantined) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// An operator's access to the quarantine: every record kept (whole, whatever its size) and
+/// its removal once a redrive has projected it (`service::quarantine`).
+pub trait QuarantineAdmin: Quarantine {
+    /// Every quarantined record, bytes included, in (shard, sequence number) order.
+    fn list(&self) -> impl Future<Output = Result<Vec<Quarantined>, StoreError>> + Send;
+
+    /// Forgets one record (nothing if it is not there).
+    fn remove(
+        &self,
+        shard: &str,
+        sequence_number: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

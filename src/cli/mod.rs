@@ -28,6 +28,7 @@ macro_rules! say {
 }
 
 pub mod ingest;
+pub mod quarantine;
 
 /// An account id from the command line, or an error naming it.
 pub fn account(s: &str) -> Result<AccountId, String> {

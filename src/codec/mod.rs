@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod batch;
 pub mod bucket;
+pub mod ddb_stream;
 pub mod json;
 pub mod kinesis;
 pub mod record;

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub gaps_filled: AtomicU64,
     pub records_quarantined: AtomicU64,
     pub accounts_failed: AtomicU64,
+    /// Accounts the backstop found behind their event store and projected itself: each is
+    /// a publish or a stream record that never reached the projector (alarmed on AWS).
+    pub accounts_repaired: AtomicU64,
+    /// Accounts the backstop could not bring up to date (their events do not fold).
+    pub backstop_failures: AtomicU64,
     /// Records published but not yet projected (embedded stream only).
     pub projection_lag_records: AtomicU64,
     /// Conditional snapshot writes that succeeded (the projector's floor is one per
@@ -44,7 +49,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64, &str); 12] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 14] = [
             (
                 "tally_events_appended_total",
                 "counter",
@@ -100,6 +105,18 @@ impl Metrics {
                 "Accounts reported as batch item failures.",
             ),
             (
+                "tally_accounts_repaired_total",
+                "counter",
+                &self.accounts_repaired,
+                "Accounts the backstop projected from the event store.",
+            ),
+            (
+                "tally_backstop_failures_total",
+                "counter",
+                &self.backstop_failures,
+                "Accounts the backstop could not bring up to date.",
+            ),
+            (
                 "tally_snapshots_written_total",
                 "counter",
                 &self.snapshots_written,
@@ -149,7 +166,7 @@ impl Metrics {
 }
 
 /// The EMF counters by name (capacity in units, the rest counts).
-pub type Counters = [(&'static str, f64); 9];
+pub type Counters = [(&'static str, f64); 11];
 
 impl Metrics {
     /// The counters CloudWatch alarms and dashboards use, by their EMF names.
@@ -163,6 +180,8 @@ impl Metrics {
             ("SnapshotsWritten", get(&self.snapshots_written)),
             ("RecordsQuarantined", get(&self.records_quarantined)),
             ("AccountsFailed", get(&self.accounts_failed)),
+            ("AccountsRepaired", get(&self.accounts_repaired)),
+            ("BackstopFailures", get(&self.backstop_failures)),
             ("ReadCapacityUnits", get(&self.read_capacity_milli) / 1000.0),
             (
                 "WriteCapacityUnits",
@@ -217,7 +236,7 @@ mod tests {
             v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
                 .as_array()
                 .map(Vec::len),
-            Some(9)
+            Some(11)
         );
         assert!(m.render().contains("tally_records_quarantined_total 3"));
         Metrics::add(&m.write_capacity_milli, milli_units(2.5));

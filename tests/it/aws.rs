@@ -62,7 +62,7 @@ pub(crate) async fn store_with_ttl(test: &str, ttl_secs: Option<u64>) -> Option<
     Some(store)
 }
 
-fn dynamodb_client(endpoint: String) -> aws_sdk_dynamodb::Client {
+pub(crate) fn dynamodb_client(endpoint: String) -> aws_sdk_dynamodb::Client {
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -73,8 +73,8 @@ fn dynamodb_client(endpoint: String) -> aws_sdk_dynamodb::Client {
 }
 
 /// `scripts/emulators up` creates the tables from template.yaml; the adapter's own
-/// `create_tables` (tests, `--create-resources`) must make the same keys and billing, and
-/// the template's TTL must be on.
+/// `create_tables` (tests, `--create-resources`) must make the same keys, billing and
+/// streams (the Events table's, for the backstop), and the template's TTL must be on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tables_made_from_the_template_match_what_the_adapter_creates() {
     let Some(ours) = store("shape").await else {
@@ -107,7 +107,12 @@ async fn the_tables_made_from_the_template_match_what_the_adapter_creates() {
                 .billing_mode_summary()
                 .and_then(|b| b.billing_mode())
                 .map(|b| b.as_str().to_owned());
-            (attributes, keys, billing)
+            let stream = t
+                .stream_specification()
+                .filter(|s| s.stream_enabled())
+                .and_then(|s| s.stream_view_type())
+                .map(|v| v.as_str().to_owned());
+            (attributes, keys, billing, stream)
         }
     };
     let ours_config = ours.config();
@@ -122,6 +127,9 @@ async fn the_tables_made_from_the_template_match_what_the_adapter_creates() {
         );
         assert_eq!(a, b, "{template} vs {adapter}");
         assert_eq!(a.2.as_deref(), Some("PAY_PER_REQUEST"));
+        // The backstop reads the Events table's stream; no other table has one.
+        let stream = (template == "tally-events").then_some("NEW_IMAGE");
+        assert_eq!(a.3.as_deref(), stream, "{template}'s stream");
     }
     let ttl = client
         .describe_time_to_live()

@@ -21,7 +21,7 @@ fn tally() -> Command {
 }
 
 /// The flags that point the binary at this test's tables and stream on the emulators.
-fn aws_flags(store: &DynamoStore, stream: &str) -> Vec<String> {
+pub(crate) fn aws_flags(store: &DynamoStore, stream: &str) -> Vec<String> {
     let c = store.config();
     let env = |k: &str| std::env::var(k).expect("set whenever the emulators are");
     [
@@ -39,7 +39,7 @@ fn aws_flags(store: &DynamoStore, stream: &str) -> Vec<String> {
     .collect()
 }
 
-fn run(flags: &[String], args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run(flags: &[String], args: &[&str]) -> (i32, String, String) {
     let Output {
         status,
         stdout,

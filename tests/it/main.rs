@@ -4,6 +4,7 @@
 
 mod aws;
 mod aws_cli;
+mod backstop;
 mod cache_pressure;
 mod clients;
 mod codec_robustness;
@@ -17,6 +18,7 @@ mod matrix;
 mod pipeline;
 mod projector;
 mod properties;
+mod quarantine;
 mod races;
 mod reference;
 mod rows;

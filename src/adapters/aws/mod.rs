@@ -6,6 +6,7 @@
 pub mod dynamodb;
 pub mod kinesis;
 pub mod poller;
+pub mod streams;
 
 use aws_config::BehaviorVersion;
 
@@ -45,6 +46,23 @@ pub async fn clients(
         aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
         aws_sdk_kinesis::Client::from_conf(kinesis.build()),
     )
+}
+
+/// The DynamoDB Streams client (the backstop's reader), at the DynamoDB endpoint when the
+/// configuration names one (DynamoDB Local serves both APIs on one port).
+pub async fn streams_client(
+    settings: &crate::config::AwsSettings,
+) -> aws_sdk_dynamodbstreams::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let sdk = loader.load().await;
+    let mut streams = aws_sdk_dynamodbstreams::config::Builder::from(&sdk);
+    if let Some(url) = &settings.dynamodb_endpoint {
+        streams = streams.endpoint_url(url);
+    }
+    aws_sdk_dynamodbstreams::Client::from_conf(streams.build())
 }
 
 /// Creates the stream if it does not exist and waits until it is ACTIVE: for emulators;

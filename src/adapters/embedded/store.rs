@@ -24,8 +24,8 @@ use crate::codec::decode_page;
 use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
 use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
-    SnapshotStore, StoreError,
+    Append, Appended, EventStore, Quarantine, QuarantineAdmin, Quarantined, SnapshotError,
+    SnapshotPut, SnapshotStore, StoreError,
 };
 
 /// `event_key(account, first version)` → the writer's attempt (8 bytes, little-endian), then
@@ -531,6 +531,23 @@ impl Quarantine for EmbeddedStore {
                     (record.shard.as_str(), record.sequence_number.as_str()),
                     value.as_slice(),
                 )
+                .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+}
+
+impl QuarantineAdmin for EmbeddedStore {
+    async fn list(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.quarantined()
+    }
+
+    async fn remove(&self, shard: &str, sequence_number: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = tx.open_table(QUARANTINE).map_err(unavailable)?;
+            table
+                .remove((shard, sequence_number))
                 .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)

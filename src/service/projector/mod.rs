@@ -325,7 +325,9 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             let snapshots = self.snapshots.get_many(names).await?;
             for ((account, newest), snapshot) in accounts.iter().zip(snapshots) {
                 report.accounts += 1;
-                if self.catch_up_account(account, *newest, snapshot).await? {
+                let start = snapshot.unwrap_or_default();
+                if start.version < *newest {
+                    self.catch_up_account(account, start, *newest).await?;
                     report.caught_up += 1;
                 }
             }
@@ -333,14 +335,18 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         Ok(report)
     }
 
-    /// Brings one account from `stored` to `newest`; true if it was behind.
-    async fn catch_up_account(
+    /// Brings one account's snapshot from `start` (what the store holds) up to `newest`
+    /// from the event store, with the same conditional put as a batch: the catch-up and the
+    /// AWS backstop (`service::backstop`) share this one fold path. `Ok(true)`: written;
+    /// `Ok(false)`: the stored snapshot moved away from `start` meanwhile (someone else
+    /// projected; the caller may look again). A fold that does not reach `newest` is
+    /// `Corrupt`.
+    pub async fn catch_up_account(
         &self,
         account: &AccountId,
+        start: Snapshot,
         newest: u64,
-        stored: Option<Snapshot>,
     ) -> Result<bool, StoreError> {
-        let start = stored.unwrap_or_default();
         if start.version >= newest {
             return Ok(false);
         }
@@ -358,17 +364,15 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 Metrics::add(&self.metrics.snapshots_written, 1);
                 Metrics::add(&self.metrics.events_projected, newest - start.version);
                 self.cache().commit(account.as_str(), fold.snapshot);
+                Ok(true)
             }
             // Someone projected it meanwhile; the cache learns the stored item next batch.
-            Some(Err(SnapshotError::Conflict { .. })) => {}
-            Some(Err(SnapshotError::Store(e))) => return Err(e),
-            None => {
-                return Err(StoreError::Unavailable(
-                    "snapshot store answered no result".into(),
-                ));
-            }
+            Some(Err(SnapshotError::Conflict { .. })) => Ok(false),
+            Some(Err(SnapshotError::Store(e))) => Err(e),
+            None => Err(StoreError::Unavailable(
+                "snapshot store answered no result".into(),
+            )),
         }
-        Ok(true)
     }
 }
 

@@ -10,15 +10,18 @@
 //!     condition that it is still false.
 //! - Balances table, `pk` = account, plain readable attributes, one conditional `PutItem`
 //!   per account per batch with `ReturnValuesOnConditionCheckFailure=ALL_OLD`.
-//! - Quarantine table, `pk` = shard, `sk` = sequence number, `data`, `error`.
+//! - Quarantine table, `pk` = shard, `sk` = sequence number (the head item: `error`,
+//!   `size`, `chunks`, the first chunk of the bytes in `data`), and `sk` = sequence number
+//!   then `#` and the chunk index for the rest: a Kinesis record (≤ 1 MiB) is kept whole
+//!   although an item holds 400 KB.
 //!
 //! Every call asks for `ReturnConsumedCapacity=TOTAL` and adds the units to the shared
 //! [`Metrics`] (what the cost table in BENCHMARKS.md is measured with, and what CloudWatch
 //! sees per invocation). Appends of different accounts, and snapshot writes, run
 //! concurrently (at most [`CONCURRENCY_MAX`] in flight); one account's pages go in order.
 //!
-//! `events` implements the event store, `snapshots` the snapshot store and the quarantine,
-//! `scan` the parallel whole-table listing audits use; this module holds the client, the
+//! `events` implements the event store, `snapshots` the snapshot store, `quarantine` the
+//! quarantine (chunked), `scan` the parallel whole-table listing audits use; this module holds the client, the
 //! capacity accounting and what they share.
 //!
 //! Every SDK error becomes a port error here: conditional failures become `Conflict` /
@@ -32,7 +35,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
-    KeysAndAttributes, ReturnConsumedCapacity, ScalarAttributeType,
+    KeysAndAttributes, ReturnConsumedCapacity, ScalarAttributeType, StreamSpecification,
+    StreamViewType,
 };
 
 use super::AwsConfig;
@@ -42,6 +46,7 @@ use crate::service::metrics::{Metrics, milli_units};
 mod append;
 mod events;
 mod items;
+mod quarantine;
 mod scan;
 mod snapshots;
 
@@ -168,7 +173,8 @@ impl DynamoStore {
     }
 
     /// Creates the three tables (on-demand) if they do not exist: for emulators and tests;
-    /// in AWS the SAM template owns them.
+    /// in AWS the SAM template owns them. The Events table gets its stream (new images),
+    /// which the backstop reads.
     pub async fn create_tables(&self) -> Result<(), StoreError> {
         let tables = [
             (&self.config.events_table, true),
@@ -194,6 +200,14 @@ impl DynamoStore {
                         .key_type(KeyType::Hash)
                         .build(),
                 )?);
+            if name == &self.config.events_table {
+                req = req.stream_specification(built(
+                    StreamSpecification::builder()
+                        .stream_enabled(true)
+                        .stream_view_type(StreamViewType::NewImage)
+                        .build(),
+                )?);
+            }
             if with_sort {
                 req = req
                     .attribute_definitions(built(

@@ -1,8 +1,7 @@
-//! The snapshot store on the Balances table, and the quarantine table.
+//! The snapshot store on the Balances table.
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 };
@@ -11,9 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use super::{BATCH_GET_KEYS_MAX, DynamoStore, Units, corrupt, get_n, get_s, n, s, store_error};
 use crate::codec::time::parse_rfc3339;
 use crate::domain::{Money, Month, Snapshot, Timestamp};
-use crate::ports::{
-    Quarantine, Quarantined, SnapshotError, SnapshotPut, SnapshotStore, StoreError,
-};
+use crate::ports::{SnapshotError, SnapshotPut, SnapshotStore, StoreError};
 
 fn snapshot_item(account: &str, s_: &Snapshot) -> HashMap<String, AttributeValue> {
     let mut item = HashMap::from([
@@ -136,49 +133,5 @@ impl DynamoStore {
                 _ => Err(SnapshotError::Store(store_error(&e))),
             },
         }
-    }
-}
-
-impl DynamoStore {
-    /// Every quarantined record (tooling and tests; a scan).
-    pub async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let out = self
-            .client
-            .scan()
-            .table_name(&self.config.quarantine_table)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(out
-            .items()
-            .iter()
-            .map(|i| Quarantined {
-                shard: get_s(i, "pk").unwrap_or_default().to_owned(),
-                sequence_number: get_s(i, "sk").unwrap_or_default().to_owned(),
-                data: match i.get("data") {
-                    Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
-                    _ => Vec::new(),
-                },
-                error: get_s(i, "error").unwrap_or_default().to_owned(),
-            })
-            .collect())
-    }
-}
-
-impl Quarantine for DynamoStore {
-    async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.config.quarantine_table)
-            .item("pk", s(record.shard))
-            .item("sk", s(record.sequence_number))
-            .item("data", AttributeValue::B(Blob::new(record.data)))
-            .item("error", s(record.error))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map(|out| self.charge(Units::Write, out.consumed_capacity()))
-            .map_err(|e| store_error(&e))
     }
 }

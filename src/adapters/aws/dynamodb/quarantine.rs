@@ -1,0 +1,205 @@
+//! The quarantine on its table, whatever a record's size: a Kinesis record reaches 1 MiB, a
+//! DynamoDB item 400 KB, so the bytes go in chunks of [`CHUNK_BYTES`]. Chunks `1..` are
+//! written first (`sk` = sequence number + `#` + index), the head item last (`sk` =
+//! sequence number: error, size, chunk count, chunk 0): a record is listed only once it is
+//! whole, and a retried put rewrites the same keys. Removal deletes the head first, so a
+//! listing never shows a record with chunks missing. Never drops or truncates bytes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+
+use super::{DynamoStore, Units, corrupt, get_n, get_s, n, s, store_error};
+use crate::ports::{Quarantine, QuarantineAdmin, Quarantined, StoreError};
+
+/// Bytes per quarantine item: under DynamoDB's 400 KB item limit with room for the keys,
+/// the error text and the other attributes.
+pub const CHUNK_BYTES: usize = 300 * 1024;
+/// Longest error text kept (the rest is cut, marked).
+const ERROR_BYTES_MAX: usize = 16 * 1024;
+const _: () = assert!(CHUNK_BYTES + ERROR_BYTES_MAX + 4 * 1024 <= 400_000);
+
+fn chunk_sk(sequence_number: &str, index: usize) -> String {
+    format!("{sequence_number}#{index:04}")
+}
+
+fn clipped(error: String) -> String {
+    if error.len() <= ERROR_BYTES_MAX {
+        return error;
+    }
+    let mut end = ERROR_BYTES_MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &error[..end])
+}
+
+impl DynamoStore {
+    /// Every quarantined record, whole (tooling and tests; a paginated scan).
+    pub async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let items = self.scan_quarantine().await?;
+        let mut heads: BTreeMap<(String, String), &HashMap<String, AttributeValue>> =
+            BTreeMap::new();
+        let mut chunks: HashMap<(String, String), BTreeMap<usize, &[u8]>> = HashMap::new();
+        for item in &items {
+            let shard = get_s(item, "pk").unwrap_or_default().to_owned();
+            let sk = get_s(item, "sk").unwrap_or_default();
+            let data = match item.get("data") {
+                Some(AttributeValue::B(b)) => b.as_ref(),
+                _ => &[][..],
+            };
+            match sk.rsplit_once('#') {
+                Some((seq, index)) if item.get("error").is_none() => {
+                    let index = index
+                        .parse()
+                        .map_err(|_| corrupt(format!("quarantine chunk key {sk:?}")))?;
+                    chunks
+                        .entry((shard, seq.to_owned()))
+                        .or_default()
+                        .insert(index, data);
+                }
+                _ => {
+                    heads.insert((shard, sk.to_owned()), item);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(heads.len());
+        for ((shard, seq), head) in heads {
+            let count: usize = get_n(head, "chunks").unwrap_or(1);
+            let size: usize = get_n(head, "size").unwrap_or(0);
+            let mut data = match head.get("data") {
+                Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+                _ => Vec::new(),
+            };
+            let rest = chunks.get(&(shard.clone(), seq.clone()));
+            for i in 1..count {
+                let chunk = rest.and_then(|c| c.get(&i)).ok_or_else(|| {
+                    corrupt(format!("quarantined record {shard}/{seq} lacks chunk {i}"))
+                })?;
+                data.extend_from_slice(chunk);
+            }
+            if count > 1 && data.len() != size {
+                return Err(corrupt(format!(
+                    "quarantined record {shard}/{seq}: {} bytes, {size} recorded",
+                    data.len()
+                )));
+            }
+            out.push(Quarantined {
+                error: get_s(head, "error").unwrap_or_default().to_owned(),
+                shard,
+                sequence_number: seq,
+                data,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn scan_quarantine(&self) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.config.quarantine_table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            self.charge(Units::Read, out.consumed_capacity());
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn put_quarantine_item(
+        &self,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.config.quarantine_table)
+            .set_item(Some(item))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map(|out| self.charge(Units::Write, out.consumed_capacity()))
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn delete_quarantine_item(&self, shard: &str, sk: String) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.config.quarantine_table)
+            .key("pk", s(shard))
+            .key("sk", s(sk))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map(|out| self.charge(Units::Write, out.consumed_capacity()))
+            .map_err(|e| store_error(&e))
+    }
+}
+
+impl Quarantine for DynamoStore {
+    async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
+        let size = record.data.len();
+        let mut parts = record.data.chunks(CHUNK_BYTES);
+        let first = parts.next().unwrap_or_default().to_vec();
+        let mut count = 1;
+        for (i, chunk) in parts.enumerate() {
+            count = i + 2;
+            self.put_quarantine_item(HashMap::from([
+                ("pk".to_owned(), s(&record.shard)),
+                ("sk".to_owned(), s(chunk_sk(&record.sequence_number, i + 1))),
+                ("data".to_owned(), AttributeValue::B(Blob::new(chunk))),
+            ]))
+            .await?;
+        }
+        self.put_quarantine_item(HashMap::from([
+            ("pk".to_owned(), s(record.shard)),
+            ("sk".to_owned(), s(record.sequence_number)),
+            ("data".to_owned(), AttributeValue::B(Blob::new(first))),
+            ("error".to_owned(), s(clipped(record.error))),
+            ("size".to_owned(), n(size)),
+            ("chunks".to_owned(), n(count)),
+        ]))
+        .await
+    }
+}
+
+impl QuarantineAdmin for DynamoStore {
+    async fn list(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.quarantined().await
+    }
+
+    async fn remove(&self, shard: &str, sequence_number: &str) -> Result<(), StoreError> {
+        let head = self
+            .client
+            .delete_item()
+            .table_name(&self.config.quarantine_table)
+            .key("pk", s(shard))
+            .key("sk", s(sequence_number))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Write, head.consumed_capacity());
+        let count: usize = head
+            .attributes()
+            .map(|a| get_n(a, "chunks").unwrap_or(1))
+            .unwrap_or(1);
+        for i in 1..count {
+            self.delete_quarantine_item(shard, chunk_sk(sequence_number, i))
+                .await?;
+        }
+        Ok(())
+    }
+}
