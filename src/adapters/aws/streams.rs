@@ -133,7 +133,7 @@ impl Poll {
             {
                 Ok(out) => out,
                 Err(e) => {
-                    tracing::warn!(error = ?e.as_service_error().and_then(ProvideErrorMetadata::code), "DescribeStream failed");
+                    tracing::warn!(error = ?e, "DescribeStream failed (is AWS_ENDPOINT_URL_DYNAMODB_STREAMS or --dynamodb-endpoint set for a local DynamoDB?)");
                     return;
                 }
             };
