@@ -21,7 +21,9 @@ use crate::codec::rows::{Format, RowReader};
 use crate::domain::AccountId;
 use crate::ports::{EventPublisher, EventStore, SnapshotStore};
 use crate::service::command::CommandService;
-use crate::service::ingest::{IngestError, IngestSummary, Rejects, StopCause, ingest_until};
+use crate::service::ingest::{
+    IngestError, IngestSummary, ReadAhead, Rejects, StopCause, ingest_with,
+};
 use crate::service::query::QueryService;
 
 /// Balances printed after an ingest: the file's first accounts in account order.
@@ -144,7 +146,8 @@ where
     let mut shown: BTreeSet<AccountId> = BTreeSet::new();
     let mut booked: HashMap<AccountId, u64> = HashMap::new();
     let follow = args.wait_projected.is_some();
-    let result = ingest_until(
+    let result = ingest_with(
+        ReadAhead::Thread,
         rows,
         commands,
         &mut rejects,

@@ -249,26 +249,9 @@ where
     .await
 }
 
-/// [`ingest`], stopping between two windows once `stop` says so: every row read until
-/// then has its outcome, and the error names the first line not read
-/// ([`StopCause::Interrupted`]).
-pub async fn ingest_until<R, S, P, W>(
-    rows: RowReader<R>,
-    service: &CommandService<S, P>,
-    rejects: &mut Rejects<W>,
-    progress: impl FnMut(&Progress),
-    stop: impl Fn() -> bool,
-) -> Result<IngestSummary, IngestError>
-where
-    R: Read + Send + 'static,
-    S: EventStore,
-    P: EventPublisher,
-    W: Write,
-{
-    ingest_with(ReadAhead::Thread, rows, service, rejects, progress, stop).await
-}
-
-/// [`ingest_until`], choosing where windows are read.
+/// [`ingest`], choosing where windows are read and stopping between two windows once
+/// `stop` says so: every row read until then has its outcome, and the error names the first
+/// line not read ([`StopCause::Interrupted`]).
 pub async fn ingest_with<R, S, P, W>(
     read_ahead: ReadAhead,
     rows: RowReader<R>,

@@ -95,27 +95,23 @@ impl DynamoStore {
         Ok(out)
     }
 
+    /// Every item of the Quarantine table, page after page (the SDK's paginator).
     async fn scan_quarantine(&self) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut items = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.config.quarantine_table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.config.quarantine_table)
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let out = page.map_err(|e| store_error(&e))?;
             self.charge(Units::Read, out.consumed_capacity());
             items.extend(out.items().iter().cloned());
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(items),
-            }
         }
+        Ok(items)
     }
 
     async fn put_quarantine_item(
