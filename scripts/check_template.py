@@ -58,7 +58,7 @@ assert "BalancesTable" not in command and "QuarantineTable" not in command, f"co
 assert command["EventStream"] == {"kinesis:PutRecords", "kinesis:PutRecord"}
 projector = actions("ProjectorFunction")
 assert not (projector["EventsTable"] & writes), "the projector must not write events"
-assert projector["QuarantineTable"] == {"dynamodb:PutItem"}
+assert projector["QuarantineTable"] == {"dynamodb:PutItem", "dynamodb:GetItem"}
 assert "EventStream" not in projector, "stream reads come with the event source mapping"
 # The source of truth survives stack deletion, replacement and DeleteTable; its stream feeds
 # the backstop, which sees only page inserts and must never give up on a record for age.
@@ -76,7 +76,24 @@ assert json.loads(pattern) == {"eventName": ["INSERT"], "dynamodb": {"Keys": {"s
 backstop = actions("BackstopFunction")
 assert not (backstop["EventsTable"] & writes), "the backstop must not write events"
 assert backstop["BalancesTable"] == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem"}
-assert "QuarantineTable" not in backstop and "EventStream" not in backstop
+assert backstop["QuarantineTable"] == {"dynamodb:PutItem"}, "the backstop only parks accounts"
+assert "EventStream" not in backstop
+parks = [st for p in res["BackstopFunction"]["Properties"]["Policies"] for st in p["Statement"]
+         if st["Resource"] == {"Fn::GetAtt": ["QuarantineTable", "Arn"]}]
+assert parks and all(st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["parked#*"] for st in parks), \
+    "the backstop writes parked-account items only"
+# Every Tally metric an alarm names is one the code emits (metrics.rs, EMF names).
+emitted = set(re.findall(r'\("([A-Za-z]+)", get\(', open("src/service/metrics.rs").read()))
+def tally_metrics(props):
+    if props.get("Namespace") == "Tally":
+        yield props["MetricName"]
+    for m in props.get("Metrics", []):
+        metric = m.get("MetricStat", {}).get("Metric", {})
+        if metric.get("Namespace") == "Tally":
+            yield metric["MetricName"]
+alarmed = {name for r in res.values() if r["Type"] == "AWS::CloudWatch::Alarm" for name in tally_metrics(r["Properties"])}
+assert "AccountsParked" in alarmed, "parked accounts are alarmed"
+assert alarmed <= emitted, f"alarms on metrics the code never emits: {alarmed - emitted}"
 delay = template["Parameters"]["BackstopDelaySeconds"]
 assert res["BackstopFunction"]["Properties"]["Timeout"] >= delay["MaxValue"] + 60, "timeout below the longest wait"
 # The projector's mapping keeps a record as long as Kinesis does; the backstop covers the rest.

@@ -128,10 +128,19 @@ impl From<StoreError> for ApiError {
                  same transaction ids is safe)",
                 None,
             ),
-            StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::new(
+            StoreError::Unavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the ledger is unavailable; try again",
+                None,
+            ),
+            // Retrying cannot help: an operator must look (the account is parked, or
+            // `tally verify` names it).
+            StoreError::Corrupt(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt",
+                "this account's stored events do not fold; an operator must repair it \
+                 (`tally parked list`, `tally verify`); retrying will not help",
                 None,
             ),
         }
@@ -572,4 +581,31 @@ async fn metrics<E, P, S>(State(api): State<Arc<Api<E, P, S>>>) -> Response {
         api.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data that does not fold is no outage: a 500 naming it, never a 503 with
+    /// `Retry-After` that clients would retry forever.
+    #[test]
+    fn corrupt_data_is_a_500_without_retry_after_and_an_outage_a_503_with_it() {
+        let corrupt =
+            ApiError::from(StoreError::Corrupt("events of x do not fold".into())).into_response();
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            corrupt
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .is_none()
+        );
+        let down = ApiError::from(StoreError::Unavailable("down".into())).into_response();
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            down.headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .is_some()
+        );
+    }
 }

@@ -44,6 +44,18 @@ enum QuarantineCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ParkedCmd {
+    /// One line per parked account: account, first failing version, where it was met, error.
+    List,
+    /// Project each parked account (every one if none is named) from the event store and
+    /// unpark it; one whose events still do not fold stays parked. Exit 1 if any stays.
+    Redrive {
+        /// Accounts to redrive (default: every parked account).
+        accounts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Cmd {
     /// Serve the HTTP API (and project in the background) until Ctrl-C. On AWS, pollers
     /// play the projector's and the backstop's event source mappings, as the Lambdas would.
@@ -104,6 +116,12 @@ enum Cmd {
     Quarantine {
         #[command(subcommand)]
         action: QuarantineCmd,
+    },
+    /// List accounts parked because their events do not fold, or redrive them from the
+    /// event store.
+    Parked {
+        #[command(subcommand)]
+        action: ParkedCmd,
     },
     /// Run the deterministic simulator: seeded workloads, faults and interleavings against
     /// the real services, checked against the reference model (see README, "How tally is
@@ -281,11 +299,23 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
                 .await
                 .map_err(|e| e.to_string())?;
             app.shutdown().await;
-            Ok(tally::cli::print_replay(n))
+            Ok(tally::cli::print_replay(&n))
         }
         Cmd::Quarantine {
             action: QuarantineCmd::List { dump },
         } => tally::cli::quarantine::list(&open_store(dir)?, dump.as_deref()).await,
+        Cmd::Parked {
+            action: ParkedCmd::List,
+        } => tally::cli::quarantine::parked_list(&open_store(dir)?).await,
+        Cmd::Parked {
+            action: ParkedCmd::Redrive { accounts },
+        } => {
+            let app = start(dir, config).await?;
+            let result =
+                tally::cli::quarantine::parked_redrive(&app.projector, &app.store, &accounts).await;
+            app.shutdown().await;
+            result
+        }
         Cmd::Quarantine {
             action: QuarantineCmd::Redrive,
         } => {
@@ -342,7 +372,7 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
             let n = audit::replay_listed(&app.store, &app.store, &accounts)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(tally::cli::print_replay(n))
+            Ok(tally::cli::print_replay(&n))
         }
         Cmd::Quarantine {
             action: QuarantineCmd::List { dump },
@@ -350,6 +380,12 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
         Cmd::Quarantine {
             action: QuarantineCmd::Redrive,
         } => tally::cli::quarantine::redrive(&app.projector(), &app.store).await,
+        Cmd::Parked {
+            action: ParkedCmd::List,
+        } => tally::cli::quarantine::parked_list(&app.store).await,
+        Cmd::Parked {
+            action: ParkedCmd::Redrive { accounts },
+        } => tally::cli::quarantine::parked_redrive(&app.projector(), &app.store, &accounts).await,
         Cmd::Verify { segments } => {
             let accounts = app
                 .store

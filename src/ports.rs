@@ -306,9 +306,36 @@ pub struct Quarantined {
     pub error: String,
 }
 
-/// Where undecodable records go, so they never block their shard.
+/// An account whose events cannot be folded (DESIGN.md step 3): set aside so it never
+/// blocks its shard, its snapshot left where it was, until a redrive projects it from the
+/// event store (`tally parked redrive`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub account: String,
+    /// The first version that could not be folded.
+    pub version: u64,
+    /// The stream record the projector met it in (shard, sequence number); empty when a
+    /// catch-up or the backstop parked it.
+    pub shard: String,
+    pub sequence_number: String,
+    pub error: String,
+}
+
+/// Where what cannot be projected goes, so it never blocks its shard: undecodable records
+/// (kept whole) and parked accounts.
 pub trait Quarantine: Send + Sync + 'static {
     fn put(&self, record: Quarantined) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Parks an account unless it is parked already: the first record is kept. `Ok(true)`:
+    /// parked by this call.
+    fn park(&self, parked: Parked) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The account's park record, if it is parked (read consistently: an unpark is seen
+    /// by the next batch).
+    fn parked(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<Option<Parked>, StoreError>> + Send;
 }
 
 /// An operator's access to the quarantine: every record kept (whole, whatever its size) and
@@ -323,4 +350,10 @@ pub trait QuarantineAdmin: Quarantine {
         shard: &str,
         sequence_number: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every parked account, in account order.
+    fn parked_list(&self) -> impl Future<Output = Result<Vec<Parked>, StoreError>> + Send;
+
+    /// Unparks an account (nothing if it is not parked).
+    fn unpark(&self, account: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

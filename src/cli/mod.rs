@@ -168,8 +168,19 @@ pub fn print_verify(report: &VerifyReport) -> ExitCode {
     }
 }
 
-/// Prints what a replay did.
-pub fn print_replay(accounts: u64) -> ExitCode {
-    say!("replayed {accounts} accounts");
-    ExitCode::SUCCESS
+/// Prints what a replay did; exits 1 if any account's events do not fold.
+pub fn print_replay(done: &crate::service::audit::Replayed) -> ExitCode {
+    for (account, reason) in &done.unfoldable {
+        say!("NOT REPLAYED {account}: its events do not fold: {reason}");
+    }
+    say!("replayed {} accounts", done.accounts);
+    if done.unfoldable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        say!(
+            "{} accounts left as they were (`tally parked list`, `tally verify`)",
+            done.unfoldable.len()
+        );
+        ExitCode::FAILURE
+    }
 }

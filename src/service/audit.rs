@@ -220,21 +220,32 @@ async fn check<E: EventStore>(
     ))
 }
 
-/// Rewrites every snapshot from its events; returns the number of accounts. Lists accounts
-/// page by page.
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Accounts whose snapshot was rewritten from their events.
+    pub accounts: u64,
+    /// Accounts whose events do not fold, left as they were: (account, why).
+    pub unfoldable: Vec<(String, String)>,
+}
+
+/// Rewrites every snapshot from its events, going past accounts whose events do not fold
+/// (reported, left as they were). Lists accounts page by page.
 pub async fn replay<E: EventStore, S: SnapshotStore>(
     events: &E,
     snapshots: &S,
-) -> Result<u64, StoreError> {
-    let mut accounts = 0;
+) -> Result<Replayed, StoreError> {
+    let mut done = Replayed::default();
     let mut after: Option<AccountId> = None;
     loop {
         let page = events.accounts(after.as_ref(), ACCOUNTS_PAGE).await?;
         let Some((last, _)) = page.last() else {
-            return Ok(accounts);
+            return Ok(done);
         };
         after = Some(last.clone());
-        accounts += replay_listed(events, snapshots, &page).await?;
+        let more = replay_listed(events, snapshots, &page).await?;
+        done.accounts += more.accounts;
+        done.unfoldable.extend(more.unfoldable);
     }
 }
 
@@ -243,14 +254,13 @@ pub async fn replay_listed<E: EventStore, S: SnapshotStore>(
     events: &E,
     snapshots: &S,
     accounts: &[(AccountId, u64)],
-) -> Result<u64, StoreError> {
+) -> Result<Replayed, StoreError> {
+    let mut done = Replayed::default();
     for chunk in accounts.chunks(CHUNK_ACCOUNTS) {
-        let folded: Vec<Result<Snapshot, StoreError>> = stream::iter(chunk)
+        let folded: Vec<Result<Result<Snapshot, String>, StoreError>> = stream::iter(chunk)
             .map(|(account, newest)| async move {
                 let all = events.read(account, 1, *newest).await?;
-                fold_all(&all, *newest).map_err(|reason| {
-                    StoreError::Corrupt(format!("events of {account} do not fold: {reason}"))
-                })
+                Ok(fold_all(&all, *newest))
             })
             .buffered(IN_FLIGHT_MAX)
             .collect()
@@ -258,25 +268,35 @@ pub async fn replay_listed<E: EventStore, S: SnapshotStore>(
         let names = chunk.iter().map(|(a, _)| a.to_string()).collect();
         let current = snapshots.get_many(names).await?;
         let mut puts = Vec::with_capacity(chunk.len());
+        let mut replayed = Vec::with_capacity(chunk.len());
         for (((account, _), snapshot), current) in chunk.iter().zip(folded).zip(current) {
-            puts.push(SnapshotPut {
-                account: account.to_string(),
-                expected_version: current.map_or(0, |s| s.version),
-                snapshot: snapshot?,
-            });
+            match snapshot? {
+                Ok(snapshot) => {
+                    replayed.push(account);
+                    puts.push(SnapshotPut {
+                        account: account.to_string(),
+                        expected_version: current.map_or(0, |s| s.version),
+                        snapshot,
+                    });
+                }
+                Err(reason) => {
+                    tracing::error!(account = %account, reason = %reason, "events do not fold; snapshot left as it is");
+                    done.unfoldable.push((account.to_string(), reason));
+                }
+            }
         }
-        for (put, result) in chunk.iter().zip(snapshots.put_many(puts).await) {
+        done.accounts += puts.len() as u64;
+        for (put, result) in replayed.into_iter().zip(snapshots.put_many(puts).await) {
             match result {
                 Ok(()) => {}
                 Err(SnapshotError::Conflict { .. }) => {
                     return Err(StoreError::Unavailable(format!(
-                        "{} changed during replay; run it again",
-                        put.0
+                        "{put} changed during replay; run it again"
                     )));
                 }
                 Err(SnapshotError::Store(e)) => return Err(e),
             }
         }
     }
-    Ok(accounts.len() as u64)
+    Ok(done)
 }

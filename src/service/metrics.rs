@@ -18,8 +18,12 @@ pub struct Metrics {
     /// Accounts the backstop found behind their event store and projected itself: each is
     /// a publish or a stream record that never reached the projector (alarmed on AWS).
     pub accounts_repaired: AtomicU64,
-    /// Accounts the backstop could not bring up to date (their events do not fold).
+    /// Accounts the backstop could not bring up to date (not an account id).
     pub backstop_failures: AtomicU64,
+    /// Accounts parked because their events do not fold (alarmed on AWS).
+    pub accounts_parked: AtomicU64,
+    /// Groups of a batch skipped because their account is parked.
+    pub parked_groups_skipped: AtomicU64,
     /// Records published but not yet projected (embedded stream only).
     pub projection_lag_records: AtomicU64,
     /// Conditional snapshot writes that succeeded (the projector's floor is one per
@@ -49,7 +53,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64, &str); 14] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 16] = [
             (
                 "tally_events_appended_total",
                 "counter",
@@ -117,6 +121,18 @@ impl Metrics {
                 "Accounts the backstop could not bring up to date.",
             ),
             (
+                "tally_accounts_parked_total",
+                "counter",
+                &self.accounts_parked,
+                "Accounts parked because their events do not fold (tally parked list).",
+            ),
+            (
+                "tally_parked_groups_skipped_total",
+                "counter",
+                &self.parked_groups_skipped,
+                "Per-batch groups of events skipped because their account is parked.",
+            ),
+            (
                 "tally_snapshots_written_total",
                 "counter",
                 &self.snapshots_written,
@@ -166,7 +182,7 @@ impl Metrics {
 }
 
 /// The EMF counters by name (capacity in units, the rest counts).
-pub type Counters = [(&'static str, f64); 11];
+pub type Counters = [(&'static str, f64); 13];
 
 impl Metrics {
     /// The counters CloudWatch alarms and dashboards use, by their EMF names.
@@ -182,6 +198,8 @@ impl Metrics {
             ("AccountsFailed", get(&self.accounts_failed)),
             ("AccountsRepaired", get(&self.accounts_repaired)),
             ("BackstopFailures", get(&self.backstop_failures)),
+            ("AccountsParked", get(&self.accounts_parked)),
+            ("ParkedGroupsSkipped", get(&self.parked_groups_skipped)),
             ("ReadCapacityUnits", get(&self.read_capacity_milli) / 1000.0),
             (
                 "WriteCapacityUnits",
@@ -236,7 +254,12 @@ mod tests {
             v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
                 .as_array()
                 .map(Vec::len),
-            Some(11)
+            Some(13)
+        );
+        assert_eq!(
+            v["AccountsParked"].as_f64(),
+            Some(0.0),
+            "alarmed: always emitted"
         );
         assert!(m.render().contains("tally_records_quarantined_total 3"));
         Metrics::add(&m.write_capacity_milli, milli_units(2.5));

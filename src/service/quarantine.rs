@@ -4,11 +4,14 @@
 //! stream would, and removes it from the quarantine only once the projector reported no
 //! failure. A record that still does not decode stays, with today's error reported; nothing
 //! is ever removed unprojected.
+//!
+//! Parked accounts (`tally parked list|redrive`) are listed and redriven the same way:
+//! see [`crate::service::projector::park`].
 
 use crate::codec::access_aggregate;
 use crate::codec::batch::RecordBatch;
-use crate::ports::{EventStore, QuarantineAdmin, Quarantined, SnapshotStore, StoreError};
-use crate::service::projector::Projector;
+use crate::ports::{EventStore, Parked, QuarantineAdmin, Quarantined, SnapshotStore, StoreError};
+use crate::service::projector::{Projector, Redriven};
 
 /// What a redrive did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +55,52 @@ pub async fn redrive<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin>(
                 record.sequence_number,
                 "the projector reported a failure; see its log".into(),
             ));
+        }
+    }
+    Ok(done)
+}
+
+/// What a redrive of parked accounts did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParkedRedrive {
+    /// Accounts projected up to their newest version and unparked: (account, version).
+    pub unparked: Vec<(String, u64)>,
+    /// Accounts whose events still do not fold, parked again with today's error.
+    pub still_parked: Vec<Parked>,
+    /// Accounts named that were not parked.
+    pub not_parked: Vec<String>,
+    /// Accounts the redrive could not finish (a store failure, a name that is not an
+    /// account id): (account, why). They stay parked; run the redrive again.
+    pub errors: Vec<(String, String)>,
+}
+
+/// Every parked account, in account order.
+pub async fn parked<Q: QuarantineAdmin>(quarantine: &Q) -> Result<Vec<Parked>, StoreError> {
+    quarantine.parked_list().await
+}
+
+/// Redrives the parked accounts named in `accounts` (every parked account if empty)
+/// through `projector` (whose quarantine is `quarantine`): each is projected from the event
+/// store and unparked, or parked again if its events still do not fold.
+pub async fn redrive_parked<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin>(
+    projector: &Projector<E, S, Q>,
+    quarantine: &Q,
+    accounts: &[String],
+) -> Result<ParkedRedrive, StoreError> {
+    let mut done = ParkedRedrive::default();
+    let mut parked = quarantine.parked_list().await?;
+    if !accounts.is_empty() {
+        let named: std::collections::BTreeSet<&str> = accounts.iter().map(String::as_str).collect();
+        parked.retain(|p| named.contains(p.account.as_str()));
+        let found: std::collections::BTreeSet<&str> =
+            parked.iter().map(|p| p.account.as_str()).collect();
+        done.not_parked = named.difference(&found).map(|&a| a.to_owned()).collect();
+    }
+    for p in &parked {
+        match projector.redrive_parked(p).await {
+            Ok(Redriven::Unparked { version }) => done.unparked.push((p.account.clone(), version)),
+            Ok(Redriven::StillParked(again)) => done.still_parked.push(again),
+            Err(e) => done.errors.push((p.account.clone(), e.to_string())),
         }
     }
     Ok(done)

@@ -8,7 +8,7 @@
 use crate::adapters::embedded::EmbeddedStore;
 use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    Append, Appended, EventStore, Parked, Quarantine, Quarantined, SnapshotError, SnapshotPut,
     SnapshotStore, StoreError,
 };
 use crate::sim::model::{MemEvents, MemQuarantine, MemSnapshots};
@@ -32,6 +32,9 @@ pub trait Backend: Send + Sync + 'static {
     fn quarantine(&self) -> Self::Quarantine;
     /// Every quarantined record, for the checker.
     fn quarantined(&self) -> Vec<Quarantined>;
+    /// Every parked account, for the checker (a workload's events always fold: any park
+    /// is a violation).
+    fn parked(&self) -> Vec<Parked>;
 }
 
 /// The DynamoDB models.
@@ -57,6 +60,9 @@ impl Backend for Models {
     }
     fn quarantined(&self) -> Vec<Quarantined> {
         self.quarantine.dump()
+    }
+    fn parked(&self) -> Vec<Parked> {
+        self.quarantine.parked_dump()
     }
 }
 
@@ -85,6 +91,9 @@ impl Backend for Embedded {
     }
     fn quarantined(&self) -> Vec<Quarantined> {
         self.0.quarantined().unwrap_or_default()
+    }
+    fn parked(&self) -> Vec<Parked> {
+        self.0.parked_accounts().unwrap_or_default()
     }
 }
 
@@ -157,5 +166,13 @@ impl SnapshotStore for Embedded {
 impl Quarantine for Embedded {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         Quarantine::put(&self.0, record).await
+    }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.0.park(parked).await
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.0.parked(account).await
     }
 }

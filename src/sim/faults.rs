@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::domain::{AccountId, AccountState, Event, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    Append, Appended, EventStore, Parked, Quarantine, Quarantined, SnapshotError, SnapshotPut,
     SnapshotStore, StoreError,
 };
 use crate::sim::config::{Draw, Faults};
@@ -450,5 +450,21 @@ impl<T: Quarantine> Quarantine for Faulty<T> {
             return Err(timed_out());
         }
         Ok(())
+    }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.chaos.pause().await;
+        if let Some(e) = self.chaos.fail() {
+            return Err(e);
+        }
+        self.inner.park(parked).await
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.chaos.pause().await;
+        if let Some(e) = self.chaos.fail() {
+            return Err(e);
+        }
+        self.inner.parked(account).await
     }
 }

@@ -221,6 +221,15 @@ async fn read<B: Backend>(
     for n in notes {
         world.note(n);
     }
+    for p in world.backend.parked() {
+        world.note(Violation::new(
+            Some(&p.account),
+            format!(
+                "parked at version {} ({}/{}): {}; a workload's events always fold",
+                p.version, p.shard, p.sequence_number, p.error
+            ),
+        ));
+    }
     stored
 }
 

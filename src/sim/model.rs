@@ -21,8 +21,8 @@ use crate::domain::{
     TxnOutcome, record,
 };
 use crate::ports::{
-    Append, AppendError, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError,
-    SnapshotPut, SnapshotStore, StoreError,
+    Append, AppendError, Appended, EventStore, PageWrite, Parked, Quarantine, Quarantined,
+    SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,6 +324,7 @@ impl SnapshotStore for MemSnapshots {
 #[derive(Clone, Default)]
 pub struct MemQuarantine {
     records: Arc<Mutex<Vec<Quarantined>>>,
+    parked: Arc<Mutex<std::collections::BTreeMap<String, Parked>>>,
 }
 
 impl MemQuarantine {
@@ -337,5 +338,25 @@ impl Quarantine for MemQuarantine {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         lock(&self.records).push(record);
         Ok(())
+    }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        let mut all = lock(&self.parked);
+        if all.contains_key(&parked.account) {
+            return Ok(false);
+        }
+        all.insert(parked.account.clone(), parked);
+        Ok(true)
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        Ok(lock(&self.parked).get(account).cloned())
+    }
+}
+
+impl MemQuarantine {
+    /// Every parked account (for the checker).
+    pub fn parked_dump(&self) -> Vec<Parked> {
+        lock(&self.parked).values().cloned().collect()
     }
 }

@@ -26,8 +26,8 @@ use tally::domain::{
     TxnId, TxnOutcome,
 };
 use tally::ports::{
-    Append, Appended, EventStore, PageWrite, Quarantine, Quarantined, SnapshotError, SnapshotPut,
-    SnapshotStore, StoreError,
+    Append, Appended, EventStore, PageWrite, Parked, Quarantine, Quarantined, SnapshotError,
+    SnapshotPut, SnapshotStore, StoreError,
 };
 use tally::service::audit;
 use tally::service::command::{AccountChunk, CommandOutcome, CommandService};
@@ -178,6 +178,16 @@ impl<T: Quarantine> Quarantine for Meter<T> {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         self.model.lock().unwrap().write += 1;
         self.inner.put(record).await
+    }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.model.lock().unwrap().write += 1;
+        self.inner.park(parked).await
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.model.lock().unwrap().read += 1;
+        self.inner.parked(account).await
     }
 }
 

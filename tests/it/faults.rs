@@ -13,7 +13,7 @@ use tally::domain::{
 };
 use tally::http::{Api, router};
 use tally::ports::{
-    Append, Appended, EventPublisher, EventStore, OutRecord, Quarantine, Quarantined,
+    Append, Appended, EventPublisher, EventStore, OutRecord, Parked, Quarantine, Quarantined,
     SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
 use tally::service::audit;
@@ -233,6 +233,14 @@ impl<T: SnapshotStore> SnapshotStore for Flaky<T> {
 impl<T: Quarantine> Quarantine for Flaky<T> {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         self.inner.put(record).await
+    }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.inner.park(parked).await
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.inner.parked(account).await
     }
 }
 

@@ -15,6 +15,7 @@ mod harness;
 mod http;
 mod lambda;
 mod matrix;
+mod parking;
 mod pipeline;
 mod projector;
 mod properties;

@@ -213,6 +213,7 @@ fn fold_error_name(e: FoldError) -> &'static str {
         FoldError::BalanceMismatch { .. } => "balance_mismatch",
         FoldError::Overflow { .. } => "overflow",
         FoldError::InvalidDelta { .. } => "invalid_delta",
+        FoldError::Inconsistent { .. } => "inconsistent",
     }
 }
 

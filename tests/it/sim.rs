@@ -6,7 +6,7 @@
 
 use tally::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use tally::ports::{
-    Append, Appended, EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut,
+    Append, Appended, EventStore, Parked, Quarantine, Quarantined, SnapshotError, SnapshotPut,
     SnapshotStore, StoreError,
 };
 use tally::sim::backend::{Backend, BackendKind, Models};
@@ -141,6 +141,12 @@ impl Quarantine for PageByPage {
     async fn put(&self, record: Quarantined) -> Result<(), StoreError> {
         self.0.quarantine.put(record).await
     }
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.0.quarantine.park(parked).await
+    }
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.0.quarantine.parked(account).await
+    }
 }
 
 impl Backend for PageByPage {
@@ -155,6 +161,9 @@ impl Backend for PageByPage {
     }
     fn quarantine(&self) -> PageByPage {
         self.clone()
+    }
+    fn parked(&self) -> Vec<Parked> {
+        self.0.quarantine.parked_dump()
     }
     fn quarantined(&self) -> Vec<Quarantined> {
         self.0.quarantine.dump()

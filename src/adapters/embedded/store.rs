@@ -24,7 +24,7 @@ use crate::codec::decode_page;
 use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
 use crate::domain::{AccountId, AccountState, Event, Segment, Snapshot, TxnId, TxnOutcome};
 use crate::ports::{
-    Append, Appended, EventStore, Quarantine, QuarantineAdmin, Quarantined, SnapshotError,
+    Append, Appended, EventStore, Parked, Quarantine, QuarantineAdmin, Quarantined, SnapshotError,
     SnapshotPut, SnapshotStore, StoreError,
 };
 
@@ -51,6 +51,8 @@ const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots"
 pub(super) const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
 /// (shard, sequence number) → error text, NUL, record bytes.
 const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine");
+/// account → parked record: version (big-endian), shard, NUL, sequence number, NUL, error.
+const PARKED: TableDefinition<&str, &[u8]> = TableDefinition::new("parked");
 
 /// `account NUL version(big-endian)`: orders by account, then version, and compares as
 /// plain bytes (ids never contain NUL). Tuple keys cost several times more per compare.
@@ -269,6 +271,7 @@ impl EmbeddedStore {
         tx.open_table(TIPS).map_err(unavailable)?;
         tx.open_table(SNAPSHOTS).map_err(unavailable)?;
         tx.open_table(QUARANTINE).map_err(unavailable)?;
+        tx.open_table(PARKED).map_err(unavailable)?;
         tx.open_table(SEGMENTS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         let index = Arc::new(RwLock::new(build_index(&db)?));
@@ -535,9 +538,97 @@ impl Quarantine for EmbeddedStore {
         }
         tx.commit().map_err(unavailable)
     }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        let new = {
+            let mut table = tx.open_table(PARKED).map_err(unavailable)?;
+            let there = table
+                .get(parked.account.as_str())
+                .map_err(unavailable)?
+                .is_some();
+            if !there {
+                table
+                    .insert(parked.account.as_str(), encode_parked(&parked).as_slice())
+                    .map_err(unavailable)?;
+            }
+            !there
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok(new)
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.parked_sync(account)
+    }
+}
+
+fn encode_parked(p: &Parked) -> Vec<u8> {
+    let mut v = p.version.to_be_bytes().to_vec();
+    for (i, part) in [&p.shard, &p.sequence_number, &p.error]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            v.push(0);
+        }
+        v.extend(part.bytes().filter(|&b| b != 0));
+    }
+    v
+}
+
+fn decode_parked(account: &str, v: &[u8]) -> Result<Parked, StoreError> {
+    let (version, rest) = v
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StoreError::Corrupt(format!("parked record of {account}")))?;
+    let mut parts = rest.splitn(3, |&b| b == 0);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    Ok(Parked {
+        account: account.to_owned(),
+        version: u64::from_be_bytes(*version),
+        shard: next(),
+        sequence_number: next(),
+        error: next(),
+    })
+}
+
+impl EmbeddedStore {
+    fn parked_sync(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(PARKED).map_err(unavailable)?;
+        let found = table.get(account).map_err(unavailable)?;
+        found.map(|v| decode_parked(account, v.value())).transpose()
+    }
+}
+
+impl EmbeddedStore {
+    /// Every parked account, in account order (tooling, tests and the simulator).
+    pub fn parked_accounts(&self) -> Result<Vec<Parked>, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(PARKED).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            out.push(decode_parked(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
 }
 
 impl QuarantineAdmin for EmbeddedStore {
+    async fn parked_list(&self) -> Result<Vec<Parked>, StoreError> {
+        self.parked_accounts()
+    }
+
+    async fn unpark(&self, account: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = tx.open_table(PARKED).map_err(unavailable)?;
+            table.remove(account).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
     async fn list(&self) -> Result<Vec<Quarantined>, StoreError> {
         self.quarantined()
     }

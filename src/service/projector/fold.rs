@@ -163,6 +163,18 @@ pub fn fold_group(start: Snapshot, effects: &[Effect]) -> GroupFold {
     let mut snapshot = start;
     let (mut applied, mut duplicates) = (0u32, 0u32);
     let mut stop = None;
+    if !effects.is_empty() && !start.adds_up() {
+        // A stored item is input: one check per group, not per event.
+        let error = FoldError::Inconsistent {
+            version: start.version,
+        };
+        return GroupFold {
+            snapshot,
+            applied,
+            duplicates,
+            stop: Some(Stop::Fault { error, at: 0 }),
+        };
+    }
     for (at, &effect) in effects.iter().enumerate() {
         match apply_effect(&mut snapshot, effect) {
             Ok(Outcome::Applied) => applied += 1,

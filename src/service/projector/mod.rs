@@ -16,15 +16,22 @@
 //! - **The cache never decides what is projected.** A batch reads it once at its start and
 //!   updates it once at its end; eviction happens only then, so it cannot touch an account
 //!   of the batch in flight. The bound holds between batches.
+//! - **An account that cannot be folded is parked, not retried forever** ([`park`]): its
+//!   group clears as [`Fate::Parked`] and its later groups are skipped until a redrive.
+//!   Only a deterministic fault parks; a store that cannot be read is a failure to retry.
 //! - **Metrics add up.** `events_projected` counts the versions each successful write (or
-//!   catch-up) moved a snapshot forward by; once the stream has drained, appended =
-//!   projected + quarantined (+ parked, when parking lands).
+//!   catch-up) moved a snapshot forward by; once the stream has drained, every account's
+//!   snapshot is at its newest version unless it is parked.
 //! - No wall clock and no randomness: pauses go through `tokio::time` and their jitter is a
 //!   hash of the batch, so a simulator with paused time replays a run exactly.
 
 pub mod cache;
 pub mod fold;
+pub mod park;
 mod write;
+
+pub use park::{CATCH_UP_READ_EVENTS, CaughtUp, PARKED_KNOWN_MAX, Redriven};
+use park::{FoldFailure, failing_version};
 
 use write::Pending;
 
@@ -70,6 +77,8 @@ pub struct Projector<E, S, Q> {
     /// catch-up runs ([`Projector::catch_up_if_behind`]).
     behind: AtomicBool,
     catching_up: tokio::sync::Mutex<()>,
+    /// Accounts this projector saw parked (see [`park`]).
+    parked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// What one group came to. Groups start [`Fate::Failed`]; see the module contract.
@@ -78,6 +87,8 @@ enum Fate {
     Failed,
     /// The store holds this snapshot, which covers every event of the group.
     Stored(Snapshot),
+    /// The account is parked: its events wait for a redrive, and its shard goes on.
+    Parked,
 }
 
 impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
@@ -96,6 +107,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             metrics,
             behind: AtomicBool::new(false),
             catching_up: tokio::sync::Mutex::new(()),
+            parked: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -112,11 +124,12 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         let mut failed = self.quarantine_poison(batch, &grouped.poison).await;
         let starts = self.starts(&grouped).await;
         let mut fates = vec![Fate::Failed; grouped.groups.len()];
+        let skip = self.skip_parked(&grouped, &mut fates).await;
         let mut pending: Vec<Pending> = Vec::with_capacity(grouped.groups.len());
         let mut duplicates = 0u64;
         let dropped = self.mutation_dropped();
         for (g, group) in grouped.groups.iter().enumerate() {
-            let Some(start) = starts[g].filter(|_| g < dropped) else {
+            let Some(start) = starts[g].filter(|_| g < dropped && !skip[g]) else {
                 continue;
             };
             let effects = grouped.effects_of(group);
@@ -126,8 +139,17 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 None => folded.snapshot,
                 Some(_) => match self.fold_with_fill(group.account, start, effects).await {
                     Ok(snapshot) => snapshot,
-                    Err(e) => {
-                        tracing::error!(account = group.account, error = %e, "cannot fold account; reporting failure");
+                    Err(FoldFailure::Store(e)) => {
+                        tracing::error!(account = group.account, error = %e, "cannot fill a gap; reporting failure");
+                        continue;
+                    }
+                    Err(FoldFailure::Unfoldable { version, error }) => {
+                        let parked = self
+                            .park_met(batch, group.first_record, group.account, version, error)
+                            .await;
+                        if parked.is_ok() {
+                            fates[g] = Fate::Parked;
+                        }
                         continue;
                     }
                 },
@@ -143,12 +165,13 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             }
         }
         Metrics::add(&self.metrics.duplicates_skipped, duplicates);
-        self.write(pending, &grouped, &mut fates).await;
+        self.write(pending, &grouped, batch, &mut fates).await;
         {
             let mut cache = self.cache();
             for (g, (group, fate)) in grouped.groups.iter().zip(&fates).enumerate() {
                 match fate {
                     Fate::Stored(snapshot) => cache.commit(group.account, *snapshot),
+                    Fate::Parked => {}
                     Fate::Failed if g >= dropped => {} // only under the mutation below
                     Fate::Failed => failed.push(group.first_record),
                 }
@@ -249,27 +272,23 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             snapshot = fold.snapshot;
             match fold.stop {
                 None => return Ok(snapshot),
-                Some(Stop::Fault { error, .. }) => return Err(FoldFailure(error.to_string())),
+                Some(Stop::Fault { error, at }) => {
+                    return Err(FoldFailure::Unfoldable {
+                        version: failing_version(rest, at, snapshot),
+                        error: error.to_string(),
+                    });
+                }
                 Some(Stop::Gap {
                     expected,
                     found,
                     at,
                 }) => {
-                    let id = AccountId::new(account).map_err(|e| FoldFailure(e.to_string()))?;
-                    let missing = self
-                        .events
-                        .read(&id, expected, found - 1)
-                        .await
-                        .map_err(|e| FoldFailure(e.to_string()))?;
-                    let fill: Vec<Effect> = missing.iter().filter_map(|e| e.effect()).collect();
-                    let filled = fold_group(snapshot, &fill);
-                    if filled.stop.is_some() || filled.snapshot.version != found - 1 {
-                        return Err(FoldFailure(format!(
-                            "event store lacks versions {expected}..{found}"
-                        )));
-                    }
+                    let id = AccountId::new(account).map_err(|e| FoldFailure::Unfoldable {
+                        version: expected,
+                        error: e.to_string(),
+                    })?;
+                    snapshot = self.fold_from_store(&id, snapshot, found - 1).await?;
                     Metrics::add(&self.metrics.gaps_filled, 1);
-                    snapshot = filled.snapshot;
                     rest = &rest[at..];
                 }
             }
@@ -327,8 +346,23 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 report.accounts += 1;
                 let start = snapshot.unwrap_or_default();
                 if start.version < *newest {
-                    self.catch_up_account(account, start, *newest).await?;
-                    report.caught_up += 1;
+                    match self.catch_up_account(account, start, *newest).await? {
+                        CaughtUp::Written | CaughtUp::Moved => report.caught_up += 1,
+                        CaughtUp::Parked => report.parked += 1,
+                    }
+                } else if start.version > *newest {
+                    // Ahead of the listing: events appended and projected since it was
+                    // made, or an altered item that would swallow the next events as
+                    // duplicates. The tip, read after the snapshot, tells them apart.
+                    let tip = self.events.tip(account).await?.version;
+                    if start.version > tip {
+                        let error = format!(
+                            "the snapshot is at version {}, ahead of the newest event {tip}",
+                            start.version
+                        );
+                        self.park(account.as_str(), tip + 1, error, None).await?;
+                        report.parked += 1;
+                    }
                 }
             }
         }
@@ -336,38 +370,54 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
     }
 
     /// Brings one account's snapshot from `start` (what the store holds) up to `newest`
-    /// from the event store, with the same conditional put as a batch: the catch-up and the
-    /// AWS backstop (`service::backstop`) share this one fold path. `Ok(true)`: written;
-    /// `Ok(false)`: the stored snapshot moved away from `start` meanwhile (someone else
-    /// projected; the caller may look again). A fold that does not reach `newest` is
-    /// `Corrupt`.
+    /// from the event store (in bounded reads), with the same conditional put as a batch:
+    /// the catch-up, the AWS backstop (`service::backstop`) and the redrive of a parked
+    /// account share this one fold path. Events that do not fold park the account.
     pub async fn catch_up_account(
         &self,
         account: &AccountId,
         start: Snapshot,
         newest: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<CaughtUp, StoreError> {
         if start.version >= newest {
-            return Ok(false);
+            return Ok(CaughtUp::Moved);
         }
-        let events = self.events.read(account, start.version + 1, newest).await?;
-        let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
-        let fold = fold_group(start, &fx);
-        if fold.stop.is_some() || fold.snapshot.version != newest {
-            return Err(StoreError::Corrupt(format!(
-                "events of {account} do not fold to version {newest}"
-            )));
+        // A parked account waits for its redrive: the backstop and a catch-up must not move
+        // it behind the operator's back (one read, for lagging accounts only).
+        if self.quarantine.parked(account.as_str()).await?.is_some() {
+            return Ok(CaughtUp::Parked);
         }
-        let put = put(account.as_str(), start.version, fold.snapshot);
+        match self.fold_from_store(account, start, newest).await {
+            Ok(snapshot) => self.put_caught_up(account, start, snapshot).await,
+            Err(FoldFailure::Store(e)) => Err(e),
+            Err(FoldFailure::Unfoldable { version, error }) => {
+                self.park(account.as_str(), version, error, None).await?;
+                Ok(CaughtUp::Parked)
+            }
+        }
+    }
+
+    /// The conditional put of a catch-up: `Written`, or `Moved` if the stored snapshot is
+    /// no longer `start` (someone else projected; the caller may look again).
+    async fn put_caught_up(
+        &self,
+        account: &AccountId,
+        start: Snapshot,
+        snapshot: Snapshot,
+    ) -> Result<CaughtUp, StoreError> {
+        let put = put(account.as_str(), start.version, snapshot);
         match self.snapshots.put_many(vec![put]).await.pop() {
             Some(Ok(())) => {
                 Metrics::add(&self.metrics.snapshots_written, 1);
-                Metrics::add(&self.metrics.events_projected, newest - start.version);
-                self.cache().commit(account.as_str(), fold.snapshot);
-                Ok(true)
+                Metrics::add(
+                    &self.metrics.events_projected,
+                    snapshot.version.saturating_sub(start.version),
+                );
+                self.cache().commit(account.as_str(), snapshot);
+                Ok(CaughtUp::Written)
             }
             // Someone projected it meanwhile; the cache learns the stored item next batch.
-            Some(Err(SnapshotError::Conflict { .. })) => Ok(false),
+            Some(Err(SnapshotError::Conflict { .. })) => Ok(CaughtUp::Moved),
             Some(Err(SnapshotError::Store(e))) => Err(e),
             None => Err(StoreError::Unavailable(
                 "snapshot store answered no result".into(),
@@ -389,8 +439,6 @@ fn put(account: &str, expected_version: u64, snapshot: Snapshot) -> SnapshotPut 
 pub struct CatchUp {
     pub accounts: u64,
     pub caught_up: u64,
+    /// Accounts whose events do not fold: parked (now, or already).
+    pub parked: u64,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct FoldFailure(String);

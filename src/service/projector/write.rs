@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use super::park::FoldFailure;
 use super::{Fate, Grouped, Projector, SNAPSHOT_RETRIES_MAX, put};
+use crate::codec::batch::RecordBatch;
 use crate::domain::Snapshot;
 use crate::domain::limits::RETRY_DELAY_MS_MAX;
 use crate::ports::{EventStore, Quarantine, SnapshotError, SnapshotStore, StoreError};
@@ -37,6 +39,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         &self,
         mut pending: Vec<Pending>,
         grouped: &Grouped<'_>,
+        batch: &RecordBatch,
         fates: &mut [Fate],
     ) {
         let account = |p: &Pending| grouped.groups[p.group].account;
@@ -76,7 +79,9 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     Err(SnapshotError::Conflict { current }) => {
                         Metrics::add(&self.metrics.snapshot_conflicts, 1);
                         let current = current.map_or_else(Snapshot::default, |s| *s);
-                        if let Some(again) = self.resync(p.group, current, grouped, fates).await {
+                        if let Some(again) =
+                            self.resync(p.group, current, grouped, batch, fates).await
+                        {
                             retry.push(again);
                         }
                     }
@@ -109,6 +114,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         g: usize,
         current: Snapshot,
         grouped: &Grouped<'_>,
+        batch: &RecordBatch,
         fates: &mut [Fate],
     ) -> Option<Pending> {
         let group = &grouped.groups[g];
@@ -126,8 +132,17 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 fates[g] = Fate::Stored(current);
                 None
             }
-            Err(e) => {
+            Err(FoldFailure::Store(e)) => {
                 tracing::error!(account = group.account, error = %e, "cannot fold account after a conflict");
+                None
+            }
+            Err(FoldFailure::Unfoldable { version, error }) => {
+                let parked = self
+                    .park_met(batch, group.first_record, group.account, version, error)
+                    .await;
+                if parked.is_ok() {
+                    fates[g] = Fate::Parked;
+                }
                 None
             }
         }

@@ -4,6 +4,9 @@
 //! sequence number: error, size, chunk count, chunk 0): a record is listed only once it is
 //! whole, and a retried put rewrites the same keys. Removal deletes the head first, so a
 //! listing never shows a record with chunks missing. Never drops or truncates bytes.
+//!
+//! Parked accounts share the table: `pk` = `parked#` + account, `sk` = `parked` (no
+//! sequence number is a word), written only if absent so the first failure is kept.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +14,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 
 use super::{DynamoStore, Units, corrupt, get_n, get_s, n, s, store_error};
-use crate::ports::{Quarantine, QuarantineAdmin, Quarantined, StoreError};
+use crate::ports::{Parked, Quarantine, QuarantineAdmin, Quarantined, StoreError};
 
 /// Bytes per quarantine item: under DynamoDB's 400 KB item limit with room for the keys,
 /// the error text and the other attributes.
@@ -19,6 +22,26 @@ pub const CHUNK_BYTES: usize = 300 * 1024;
 /// Longest error text kept (the rest is cut, marked).
 const ERROR_BYTES_MAX: usize = 16 * 1024;
 const _: () = assert!(CHUNK_BYTES + ERROR_BYTES_MAX + 4 * 1024 <= 400_000);
+
+/// The sort key of every parked account's item.
+const PARKED_SK: &str = "parked";
+
+fn parked_pk(account: &str) -> String {
+    format!("parked#{account}")
+}
+
+fn parked_of(item: &HashMap<String, AttributeValue>) -> Result<Parked, StoreError> {
+    let field = |name: &str| get_s(item, name).unwrap_or_default().to_owned();
+    Ok(Parked {
+        account: get_s(item, "account")
+            .ok_or_else(|| corrupt("a parked item without its account"))?
+            .to_owned(),
+        version: get_n(item, "version")?,
+        shard: field("shard"),
+        sequence_number: field("seq"),
+        error: field("error"),
+    })
+}
 
 fn chunk_sk(sequence_number: &str, index: usize) -> String {
     format!("{sequence_number}#{index:04}")
@@ -45,6 +68,9 @@ impl DynamoStore {
         for item in &items {
             let shard = get_s(item, "pk").unwrap_or_default().to_owned();
             let sk = get_s(item, "sk").unwrap_or_default();
+            if sk == PARKED_SK {
+                continue;
+            }
             let data = match item.get("data") {
                 Some(AttributeValue::B(b)) => b.as_ref(),
                 _ => &[][..],
@@ -168,11 +194,86 @@ impl Quarantine for DynamoStore {
         ]))
         .await
     }
+
+    async fn park(&self, parked: Parked) -> Result<bool, StoreError> {
+        self.park_item(parked).await
+    }
+
+    async fn parked(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        self.parked_item(account).await
+    }
+}
+
+impl DynamoStore {
+    async fn park_item(&self, parked: Parked) -> Result<bool, StoreError> {
+        let item = HashMap::from([
+            ("pk".to_owned(), s(parked_pk(&parked.account))),
+            ("sk".to_owned(), s(PARKED_SK)),
+            ("account".to_owned(), s(parked.account)),
+            ("version".to_owned(), n(parked.version)),
+            ("shard".to_owned(), s(parked.shard)),
+            ("seq".to_owned(), s(parked.sequence_number)),
+            ("error".to_owned(), s(clipped(parked.error))),
+        ]);
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.config.quarantine_table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                self.charge(Units::Write, out.consumed_capacity());
+                Ok(true)
+            }
+            Err(e) => match e.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_),
+                ) => Ok(false),
+                _ => Err(store_error(&e)),
+            },
+        }
+    }
+
+    async fn parked_item(&self, account: &str) -> Result<Option<Parked>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.quarantine_table)
+            .key("pk", s(parked_pk(account)))
+            .key("sk", s(PARKED_SK))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.charge(Units::Read, out.consumed_capacity());
+        out.item().map(parked_of).transpose()
+    }
 }
 
 impl QuarantineAdmin for DynamoStore {
     async fn list(&self) -> Result<Vec<Quarantined>, StoreError> {
         self.quarantined().await
+    }
+
+    async fn parked_list(&self) -> Result<Vec<Parked>, StoreError> {
+        let items = self.scan_quarantine().await?;
+        let mut out = items
+            .iter()
+            .filter(|item| get_s(item, "sk") == Some(PARKED_SK))
+            .map(parked_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.account.cmp(&b.account));
+        Ok(out)
+    }
+
+    async fn unpark(&self, account: &str) -> Result<(), StoreError> {
+        self.delete_quarantine_item(&parked_pk(account), PARKED_SK.to_owned())
+            .await
     }
 
     async fn remove(&self, shard: &str, sequence_number: &str) -> Result<(), StoreError> {

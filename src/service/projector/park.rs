@@ -1,0 +1,294 @@
+//! Per-account parking (DESIGN.md step 3): an account whose events cannot be folded (a
+//! carried balance that disagrees, an overflow, versions missing from the event store) is
+//! recorded in the quarantine with its first failing version, the record it was met in and
+//! the error, and skipped from then on, instead of blocking its shard. Other accounts of the
+//! same records go on. A redrive ([`Projector::redrive_parked`]) re-projects it from the
+//! event store once the cause is fixed, and unparks it.
+//!
+//! Parking is decided only on what is deterministic: a store that cannot be read is a
+//! failure to retry, never a reason to park. A projector remembers the accounts it saw
+//! parked and checks the quarantine for them at every batch (one consistent read each), so
+//! an unpark is seen at once; an instance that does not know an account is parked meets the
+//! same fault again, and parking again keeps the first record.
+
+use std::collections::HashSet;
+
+use super::fold::{Grouped, fold_group};
+use super::{Fate, Projector};
+use crate::codec::batch::RecordBatch;
+use crate::domain::{AccountId, Effect, Snapshot};
+use crate::ports::{EventStore, Parked, Quarantine, QuarantineAdmin, SnapshotStore, StoreError};
+use crate::service::metrics::Metrics;
+
+/// Accounts a projector remembers as parked; past it, an instance finds a parked account
+/// again by meeting its fault (the same outcome, one more event store read).
+pub const PARKED_KNOWN_MAX: usize = 10_000;
+
+/// Why an account's events were not folded.
+#[derive(Debug)]
+pub(super) enum FoldFailure {
+    /// A store could not be read or written: retry.
+    Store(StoreError),
+    /// The events themselves do not fold from `version` on: park.
+    Unfoldable { version: u64, error: String },
+}
+
+/// Where an unfoldable account was met.
+pub(super) struct MetAt<'a> {
+    pub shard: &'a str,
+    pub sequence_number: &'a str,
+}
+
+/// What [`Projector::catch_up_account`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// The snapshot now holds the newest version.
+    Written,
+    /// The stored snapshot moved away from the start meanwhile (someone else projected).
+    Moved,
+    /// The account's events do not fold: it is parked (now, or already was).
+    Parked,
+}
+
+/// What a redrive did for one parked account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redriven {
+    /// Projected up to its newest version and unparked.
+    Unparked { version: u64 },
+    /// Still does not fold: parked again, with today's error.
+    StillParked(Parked),
+}
+
+/// The version a fold stopped at, for a park record: the faulting effect's.
+pub(super) fn failing_version(effects: &[Effect], at: usize, snapshot: Snapshot) -> u64 {
+    effects
+        .get(at)
+        .map_or(snapshot.version.saturating_add(1), |e| e.version)
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
+    fn known_parked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A set of hints: a panic mid-update loses at worst one name.
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the groups of accounts still parked ([`Fate::Parked`], skipped) and returns
+    /// every group not to fold: those, and those whose park record could not be read
+    /// (left [`Fate::Failed`], retried).
+    pub(super) async fn skip_parked(&self, grouped: &Grouped<'_>, fates: &mut [Fate]) -> Vec<bool> {
+        let mut skip = vec![false; grouped.groups.len()];
+        let known: Vec<usize> = {
+            let parked = self.known_parked();
+            if parked.is_empty() {
+                return skip;
+            }
+            (0..grouped.groups.len())
+                .filter(|&g| parked.contains(grouped.groups[g].account))
+                .collect()
+        };
+        for g in known {
+            let account = grouped.groups[g].account;
+            match self.quarantine.parked(account).await {
+                Ok(Some(_)) => {
+                    fates[g] = Fate::Parked;
+                    skip[g] = true;
+                    Metrics::add(&self.metrics.parked_groups_skipped, 1);
+                }
+                Ok(None) => {
+                    self.known_parked().remove(account);
+                }
+                Err(e) => {
+                    tracing::error!(account, error = %e, "cannot read whether the account is parked; reporting failure");
+                    skip[g] = true;
+                }
+            }
+        }
+        skip
+    }
+
+    /// Parks `account` (keeping an earlier park record). `Ok`: it is parked and its events
+    /// may be skipped; `Err`: the quarantine could not take it (retry).
+    pub(super) async fn park(
+        &self,
+        account: &str,
+        version: u64,
+        error: String,
+        at: Option<MetAt<'_>>,
+    ) -> Result<(), StoreError> {
+        let (shard, sequence_number) = at.map_or((String::new(), String::new()), |m| {
+            (m.shard.to_owned(), m.sequence_number.to_owned())
+        });
+        let parked = Parked {
+            account: account.to_owned(),
+            version,
+            shard,
+            sequence_number,
+            error,
+        };
+        match self.quarantine.park(parked).await {
+            Ok(new) => {
+                if new {
+                    tracing::error!(
+                        account,
+                        version,
+                        "account parked: its events do not fold; `tally parked list` shows why, `tally parked redrive` after the fix"
+                    );
+                    Metrics::add(&self.metrics.accounts_parked, 1);
+                }
+                let mut known = self.known_parked();
+                if known.len() < PARKED_KNOWN_MAX {
+                    known.insert(account.to_owned());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(account, error = %e, "cannot park the account");
+                Err(e)
+            }
+        }
+    }
+
+    /// Parks the account of a group met in `batch` at record `record`.
+    pub(super) async fn park_met(
+        &self,
+        batch: &RecordBatch,
+        record: usize,
+        account: &str,
+        version: u64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        let at = MetAt {
+            shard: batch.shard(record),
+            sequence_number: batch.sequence_number(record),
+        };
+        self.park(account, version, error, Some(at)).await
+    }
+}
+
+impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
+    /// Re-projects a parked account from the event store and unparks it, or parks it again
+    /// with today's error if its events still do not fold. Unparks first, then reads the
+    /// newest version: a record skipped while the account was parked holds an event
+    /// appended before the unpark, so the redrive covers it. If the events do not fold onto
+    /// the stored snapshot, the snapshot may be what is wrong: the redrive folds from the
+    /// first event instead (in bounded reads) and replaces it. A store failure re-parks the
+    /// account as it was and returns the error.
+    pub async fn redrive_parked(&self, parked: &Parked) -> Result<Redriven, StoreError> {
+        let account = AccountId::new(&parked.account).map_err(|e| {
+            StoreError::Corrupt(format!("parked account {:?}: {e}", parked.account))
+        })?;
+        self.quarantine.unpark(account.as_str()).await?;
+        self.known_parked().remove(account.as_str());
+        match self.redrive_unparked(&account).await {
+            Ok(Some(version)) => Ok(Redriven::Unparked { version }),
+            Ok(None) => match self.quarantine.parked(account.as_str()).await? {
+                Some(again) => Ok(Redriven::StillParked(again)),
+                None => Err(StoreError::Unavailable(format!(
+                    "{account} was parked again and unparked meanwhile; run the redrive again"
+                ))),
+            },
+            Err(e) => {
+                self.quarantine.park(parked.clone()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings an unparked account to its newest version. `Some(version)`: done; `None`:
+    /// it parked again.
+    async fn redrive_unparked(&self, account: &AccountId) -> Result<Option<u64>, StoreError> {
+        // A few rounds: the stream's projector may move the snapshot while we read.
+        for _ in 0..super::SNAPSHOT_RETRIES_MAX {
+            let newest = self.events.tip(account).await?.version;
+            let start = self
+                .snapshots
+                .get(account.as_str())
+                .await?
+                .unwrap_or_default();
+            // A snapshot ahead of the events or whose figures do not add up is what is
+            // wrong: fold from the first event.
+            let from = if start.version <= newest && start.adds_up() {
+                start
+            } else {
+                Snapshot::default()
+            };
+            let folded = match self.fold_from_store(account, from, newest).await {
+                Err(FoldFailure::Unfoldable { .. }) if from.version > 0 => {
+                    self.fold_from_store(account, Snapshot::default(), newest)
+                        .await
+                }
+                other => other,
+            };
+            let snapshot = match folded {
+                Ok(snapshot) => snapshot,
+                Err(FoldFailure::Store(e)) => return Err(e),
+                Err(FoldFailure::Unfoldable { version, error }) => {
+                    self.park(account.as_str(), version, error, None).await?;
+                    return Ok(None);
+                }
+            };
+            if snapshot == start {
+                return Ok(Some(start.version));
+            }
+            match self.put_caught_up(account, start, snapshot).await? {
+                CaughtUp::Written => return Ok(Some(snapshot.version)),
+                _ => continue,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the snapshot of {account} kept moving; run the redrive again"
+        )))
+    }
+}
+
+/// Events one read of a catch-up or redrive folds at most: memory stays bounded however
+/// long the account.
+pub const CATCH_UP_READ_EVENTS: u64 = 10_000;
+
+impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
+    /// Folds the stored events `start.version + 1 ..= newest` onto `start`, in reads of at
+    /// most [`CATCH_UP_READ_EVENTS`], or says where they stop folding.
+    pub(super) async fn fold_from_store(
+        &self,
+        account: &AccountId,
+        start: Snapshot,
+        newest: u64,
+    ) -> Result<Snapshot, FoldFailure> {
+        let mut snapshot = start;
+        while snapshot.version < newest {
+            let from = snapshot.version + 1;
+            let to = newest.min(snapshot.version.saturating_add(CATCH_UP_READ_EVENTS));
+            let events = self
+                .events
+                .read(account, from, to)
+                .await
+                .map_err(FoldFailure::Store)?;
+            let fx: Vec<Effect> = events.iter().filter_map(|e| e.effect()).collect();
+            snapshot = fold_to(snapshot, &fx, to)?;
+        }
+        Ok(snapshot)
+    }
+}
+
+/// Folds `fx` onto `start`, which must bring it to version `to`, or says where it stops.
+pub(super) fn fold_to(start: Snapshot, fx: &[Effect], to: u64) -> Result<Snapshot, FoldFailure> {
+    let fold = fold_group(start, fx);
+    match fold.stop {
+        Some(super::Stop::Fault { error, at }) => Err(FoldFailure::Unfoldable {
+            version: failing_version(fx, at, fold.snapshot),
+            error: error.to_string(),
+        }),
+        _ if fold.snapshot.version != to => {
+            let missing = fold.snapshot.version.saturating_add(1);
+            Err(FoldFailure::Unfoldable {
+                version: missing,
+                error: format!(
+                    "the event store lacks version {missing} (it holds events up to {to})"
+                ),
+            })
+        }
+        _ => Ok(fold.snapshot),
+    }
+}
