@@ -178,7 +178,7 @@ pub fn print_replay(done: &crate::service::audit::Replayed) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         say!(
-            "{} accounts left as they were (`tally parked list`, `tally verify`)",
+            "{} accounts left as they were (`tally verify` names what is wrong)",
             done.unfoldable.len()
         );
         ExitCode::FAILURE

@@ -69,15 +69,24 @@ pub async fn parked_list<Q: QuarantineAdmin>(q: &Q) -> Result<ExitCode, String> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Stored text on one line, one field: what an item holds can never forge a line.
+fn field(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
+}
+
 fn parked_line(p: &Parked) -> String {
     let at = if p.shard.is_empty() {
         "catch-up".to_owned()
     } else {
         format!("{}/{}", p.shard, p.sequence_number)
     };
-    // One line per account, whatever the stored text holds.
-    let error = p.error.replace(['\t', '\n', '\r'], " ");
-    format!("{}\tversion {}\t{at}\t{error}", p.account, p.version)
+    format!(
+        "{}\tversion {}\t{}\t{}",
+        field(&p.account),
+        p.version,
+        field(&at),
+        field(&p.error)
+    )
 }
 
 /// `tally parked redrive [ACCOUNT]...`: projects each parked account (every one if none is
@@ -92,16 +101,19 @@ pub async fn parked_redrive<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin>
         .await
         .map_err(|e| e.to_string())?;
     for (account, version) in &done.unparked {
-        say!("unparked\t{account}\tprojected to version {version}");
+        say!(
+            "unparked\t{}\tprojected to version {version}",
+            field(account)
+        );
     }
     for p in &done.still_parked {
         say!("parked\t{}", parked_line(p));
     }
     for account in &done.not_parked {
-        say!("not parked\t{account}");
+        say!("not parked\t{}", field(account));
     }
     for (account, why) in &done.errors {
-        say!("error\t{account}\t{why}");
+        say!("error\t{}\t{}", field(account), field(why));
     }
     say!(
         "unparked {} accounts; {} still parked",
@@ -115,4 +127,28 @@ pub async fn parked_redrive<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin>
             ExitCode::FAILURE
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a stored item holds, a parked account is one line of four fields.
+    #[test]
+    fn a_parked_line_is_one_line_whatever_the_item_holds() {
+        let p = Parked {
+            account: "evil\tacc\nINJECTED".into(),
+            version: 2,
+            shard: "sh\tA\nB".into(),
+            sequence_number: "1\r2".into(),
+            error: "a\tb\nc".into(),
+        };
+        let line = parked_line(&p);
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+        assert_eq!(line.split('\t').count(), 4, "{line:?}");
+        assert!(
+            line.starts_with("evil acc INJECTED\tversion 2\tsh A B/1 2\t"),
+            "{line:?}"
+        );
+    }
 }

@@ -45,10 +45,18 @@ impl<E: EventStore, S: SnapshotStore> QueryService<E, S> {
             .await?
             .unwrap_or_default();
         let tip = self.events.tip(account).await?;
-        if tip.version == 0 {
+        if tip.version == 0 && snapshot.version == 0 {
             return Ok(None);
         }
-        if snapshot.version >= tip.version {
+        // The tip is read after the snapshot, so a snapshot ahead of it, or one whose
+        // figures do not add up, is an altered item: never served as a balance.
+        if snapshot.version > tip.version || !snapshot.adds_up() {
+            return Err(StoreError::Corrupt(format!(
+                "the snapshot of {account} (version {}) is ahead of its events ({}) or does not add up",
+                snapshot.version, tip.version
+            )));
+        }
+        if snapshot.version == tip.version {
             return Ok(Some(snapshot));
         }
         let missing = self

@@ -334,6 +334,16 @@ where
         .await;
     assert!(done.failed.is_empty(), "{done:?}");
 
+    // Neither is ever served as a balance while it is wrong.
+    let query = tally::service::query::QueryService::new(store.clone(), store.clone());
+    for account in ["ahead", "totals"] {
+        let read = query.balance(&AccountId::new(account).unwrap()).await;
+        assert!(
+            matches!(read, Err(tally::ports::StoreError::Corrupt(_))),
+            "{account}: {read:?}"
+        );
+    }
+
     let redriven = redrive_parked(&p, &store, &[]).await.unwrap();
     assert_eq!(
         redriven.unparked,
@@ -342,6 +352,81 @@ where
     assert_eq!(store.get("ahead").await.unwrap(), Some(ahead.snapshot));
     assert_eq!(store.get("totals").await.unwrap(), Some(totals.snapshot));
     assert!(parked(&store).await.unwrap().is_empty());
+    let read = query.balance(&AccountId::new("ahead").unwrap()).await;
+    assert_eq!(read, Ok(Some(ahead.snapshot)));
+}
+
+/// A live projector that swallowed events against an altered item ahead of them holds that
+/// item in its cache; once the account is parked and redriven elsewhere, it must fold the
+/// next event onto the rebuild, not skip it as a duplicate of what it cached (and park the
+/// account again for a cause the redrive removed).
+async fn a_live_projector_forgets_what_it_cached_of_a_parked_account<S>(store: S)
+where
+    S: EventStore + SnapshotStore + QuarantineAdmin + Clone,
+{
+    let mut ahead = deposits("live", 4);
+    append(&store, "live", 0, &ahead.events[..3]).await;
+    let (first, _) = projector(&store);
+    let done = first
+        .project(&batch_of(&[record("live", &ahead.events[..3])]))
+        .await;
+    assert!(done.failed.is_empty());
+    let mut moved = store.get("live").await.unwrap().unwrap();
+    moved.version = 10;
+    let put = SnapshotPut {
+        account: "live".into(),
+        expected_version: 3,
+        snapshot: moved,
+    };
+    assert_eq!(store.put_many(vec![put]).await, vec![Ok(())]);
+
+    let (live, _) = projector(&store);
+    append(&store, "live", 3, &ahead.events[3..4]).await;
+    let done = live
+        .project(&batch_of(&[record("live", &ahead.events[3..4])]))
+        .await;
+    assert!(done.failed.is_empty());
+    assert_eq!(
+        store.get("live").await.unwrap(),
+        Some(moved),
+        "swallowed as a duplicate: what the alteration does"
+    );
+    assert_eq!(live.catch_up().await.unwrap().parked, 1);
+
+    let (operator, _) = projector(&store);
+    let redriven = redrive_parked(&operator, &store, &[]).await.unwrap();
+    assert_eq!(redriven.unparked, vec![("live".to_owned(), 4)]);
+
+    ahead.must(
+        &RefCmd::Deposit {
+            txn: "live-after".into(),
+            amount: 11,
+            at: 1_793_600_000_000,
+        },
+        1_793_600_000_001,
+    );
+    append(&store, "live", 4, &ahead.events[4..]).await;
+    let done = live
+        .project(&batch_of(&[record("live", &ahead.events[4..])]))
+        .await;
+    assert!(done.failed.is_empty(), "{done:?}");
+    assert_eq!(store.get("live").await.unwrap(), Some(ahead.snapshot));
+    assert!(parked(&store).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_live_projector_forgets_what_it_cached_of_a_parked_account() {
+    a_live_projector_forgets_what_it_cached_of_a_parked_account(
+        EmbeddedStore::in_memory().unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_live_projector_forgets_what_it_cached_of_a_parked_account() {
+    if let Some(s) = store("parking-live").await {
+        a_live_projector_forgets_what_it_cached_of_a_parked_account(s).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,13 @@ impl SnapshotCache {
         self.map.insert(key, slot);
     }
 
+    /// Drops `account`'s entry, whatever its version: the next batch loads what the store
+    /// holds (after the account was parked, or seen unparked, the entry may be the very
+    /// snapshot that did not fold, or ahead of a redrive's rebuild).
+    pub fn forget(&mut self, account: &str) {
+        self.map.remove(account.as_bytes());
+    }
+
     /// Evicts least recently used entries down to the bound. Called between batches.
     pub fn trim(&mut self) {
         while self.map.len() > self.entries_max {

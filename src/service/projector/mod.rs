@@ -122,9 +122,10 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
     pub async fn project(&self, batch: &RecordBatch) -> Projection {
         let grouped = group(batch);
         let mut failed = self.quarantine_poison(batch, &grouped.poison).await;
-        let starts = self.starts(&grouped).await;
         let mut fates = vec![Fate::Failed; grouped.groups.len()];
+        // First: an account seen unparked is dropped from the cache and loaded afresh.
         let skip = self.skip_parked(&grouped, &mut fates).await;
+        let starts = self.starts(&grouped).await;
         let mut pending: Vec<Pending> = Vec::with_capacity(grouped.groups.len());
         let mut duplicates = 0u64;
         let dropped = self.mutation_dropped();

@@ -98,6 +98,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 }
                 Ok(None) => {
                     self.known_parked().remove(account);
+                    self.cache().forget(account);
                 }
                 Err(e) => {
                     tracing::error!(account, error = %e, "cannot read whether the account is parked; reporting failure");
@@ -127,6 +128,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             sequence_number,
             error,
         };
+        // What the cache holds may be what did not fold (or ahead of a redrive's rebuild).
+        self.cache().forget(account);
         match self.quarantine.park(parked).await {
             Ok(new) => {
                 if new {
@@ -169,44 +172,83 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
 
 impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
     /// Re-projects a parked account from the event store and unparks it, or parks it again
-    /// with today's error if its events still do not fold. Unparks first, then reads the
-    /// newest version: a record skipped while the account was parked holds an event
-    /// appended before the unpark, so the redrive covers it. If the events do not fold onto
-    /// the stored snapshot, the snapshot may be what is wrong: the redrive folds from the
-    /// first event instead (in bounded reads) and replaces it. A store failure re-parks the
-    /// account as it was and returns the error.
+    /// with today's error if its events still do not fold.
+    ///
+    /// The rebuild is written while the account is still parked, so no projector or
+    /// backstop folds it meanwhile from the snapshot that did not fold (and parks it again
+    /// for the old cause). If the events do not fold onto the stored snapshot, or it is
+    /// ahead of them or does not add up, the snapshot is what is wrong: the redrive folds
+    /// from the first event instead (in bounded reads) and replaces it. Then it unparks,
+    /// and catches up from a tip read after the unpark: a record skipped while the account
+    /// was parked holds an event appended before, so nothing is left behind.
     pub async fn redrive_parked(&self, parked: &Parked) -> Result<Redriven, StoreError> {
         let account = AccountId::new(&parked.account).map_err(|e| {
             StoreError::Corrupt(format!("parked account {:?}: {e}", parked.account))
         })?;
-        self.quarantine.unpark(account.as_str()).await?;
-        self.known_parked().remove(account.as_str());
-        match self.redrive_unparked(&account).await {
-            Ok(Some(version)) => Ok(Redriven::Unparked { version }),
-            Ok(None) => match self.quarantine.parked(account.as_str()).await? {
-                Some(again) => Ok(Redriven::StillParked(again)),
-                None => Err(StoreError::Unavailable(format!(
-                    "{account} was parked again and unparked meanwhile; run the redrive again"
-                ))),
-            },
-            Err(e) => {
-                self.quarantine.park(parked.clone()).await?;
-                Err(e)
+        // A projector that read the old snapshot just before the rebuild may park the
+        // account again right after the unpark, for the old cause: look once more, and
+        // redrive again while the events fold.
+        for _ in 0..super::SNAPSHOT_RETRIES_MAX {
+            let done = self.redrive_once(&account).await?;
+            match (&done, self.quarantine.parked(account.as_str()).await?) {
+                (Redriven::Unparked { .. }, Some(_)) => continue,
+                _ => return Ok(done),
             }
         }
+        Err(StoreError::Unavailable(format!(
+            "{account} keeps being parked again while its events fold; run the redrive again"
+        )))
     }
 
-    /// Brings an unparked account to its newest version. `Some(version)`: done; `None`:
-    /// it parked again.
-    async fn redrive_unparked(&self, account: &AccountId) -> Result<Option<u64>, StoreError> {
-        // A few rounds: the stream's projector may move the snapshot while we read.
+    async fn redrive_once(&self, account: &AccountId) -> Result<Redriven, StoreError> {
+        let account = account.clone();
+        if let Some(again) = self.rebuild_parked(&account).await? {
+            return Ok(Redriven::StillParked(again));
+        }
+        self.quarantine.unpark(account.as_str()).await?;
+        self.known_parked().remove(account.as_str());
+        self.cache().forget(account.as_str());
         for _ in 0..super::SNAPSHOT_RETRIES_MAX {
-            let newest = self.events.tip(account).await?.version;
             let start = self
                 .snapshots
                 .get(account.as_str())
                 .await?
                 .unwrap_or_default();
+            let newest = self.events.tip(&account).await?.version;
+            match self.catch_up_account(&account, start, newest).await? {
+                CaughtUp::Written => return Ok(Redriven::Unparked { version: newest }),
+                // Current already, or someone projected meanwhile: look again.
+                CaughtUp::Moved if start.version >= newest => {
+                    return Ok(Redriven::Unparked {
+                        version: start.version,
+                    });
+                }
+                CaughtUp::Moved => continue,
+                CaughtUp::Parked => {
+                    return match self.quarantine.parked(account.as_str()).await? {
+                        Some(again) => Ok(Redriven::StillParked(again)),
+                        None => Err(StoreError::Unavailable(format!(
+                            "{account} was parked again and unparked meanwhile; run the redrive again"
+                        ))),
+                    };
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the snapshot of {account} kept moving; it is unparked; run `tally verify`"
+        )))
+    }
+
+    /// While the account is parked: folds it from the event store and writes the result.
+    /// `Some`: its events still do not fold; it is parked again with today's error.
+    async fn rebuild_parked(&self, account: &AccountId) -> Result<Option<Parked>, StoreError> {
+        for _ in 0..super::SNAPSHOT_RETRIES_MAX {
+            let start = self
+                .snapshots
+                .get(account.as_str())
+                .await?
+                .unwrap_or_default();
+            let newest = self.events.tip(account).await?.version;
             // A snapshot ahead of the events or whose figures do not add up is what is
             // wrong: fold from the first event.
             let from = if start.version <= newest && start.adds_up() {
@@ -225,20 +267,22 @@ impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
                 Ok(snapshot) => snapshot,
                 Err(FoldFailure::Store(e)) => return Err(e),
                 Err(FoldFailure::Unfoldable { version, error }) => {
+                    // Today's error replaces the first record.
+                    self.quarantine.unpark(account.as_str()).await?;
                     self.park(account.as_str(), version, error, None).await?;
-                    return Ok(None);
+                    return self.quarantine.parked(account.as_str()).await;
                 }
             };
             if snapshot == start {
-                return Ok(Some(start.version));
+                return Ok(None);
             }
             match self.put_caught_up(account, start, snapshot).await? {
-                CaughtUp::Written => return Ok(Some(snapshot.version)),
+                CaughtUp::Written => return Ok(None),
                 _ => continue,
             }
         }
         Err(StoreError::Unavailable(format!(
-            "the snapshot of {account} kept moving; run the redrive again"
+            "the snapshot of {account} kept moving while parked; run the redrive again"
         )))
     }
 }

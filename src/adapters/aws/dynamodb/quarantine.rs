@@ -30,17 +30,33 @@ fn parked_pk(account: &str) -> String {
     format!("parked#{account}")
 }
 
-fn parked_of(item: &HashMap<String, AttributeValue>) -> Result<Parked, StoreError> {
+/// A park record as stored. An item that is not whole is still listed (named by its key,
+/// its flaw in the error), so one bad item never hides the others from an operator.
+fn parked_of(item: &HashMap<String, AttributeValue>) -> Parked {
     let field = |name: &str| get_s(item, name).unwrap_or_default().to_owned();
-    Ok(Parked {
-        account: get_s(item, "account")
-            .ok_or_else(|| corrupt("a parked item without its account"))?
-            .to_owned(),
-        version: get_n(item, "version")?,
+    let key = get_s(item, "pk")
+        .and_then(|pk| pk.strip_prefix("parked#"))
+        .unwrap_or_default();
+    let mut error = field("error");
+    let account = match get_s(item, "account") {
+        Some(a) if a == key => a.to_owned(),
+        other => {
+            error =
+                format!("malformed park item (account attribute {other:?}, key {key:?}): {error}");
+            key.to_owned()
+        }
+    };
+    let version = get_n(item, "version").unwrap_or_else(|e| {
+        error = format!("malformed park item ({e}): {error}");
+        0
+    });
+    Parked {
+        account,
+        version,
         shard: field("shard"),
         sequence_number: field("seq"),
-        error: field("error"),
-    })
+        error,
+    }
 }
 
 fn chunk_sk(sequence_number: &str, index: usize) -> String {
@@ -251,7 +267,7 @@ impl DynamoStore {
             .await
             .map_err(|e| store_error(&e))?;
         self.charge(Units::Read, out.consumed_capacity());
-        out.item().map(parked_of).transpose()
+        Ok(out.item().map(parked_of))
     }
 }
 
@@ -266,7 +282,7 @@ impl QuarantineAdmin for DynamoStore {
             .iter()
             .filter(|item| get_s(item, "sk") == Some(PARKED_SK))
             .map(parked_of)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Vec<_>>();
         out.sort_by(|a, b| a.account.cmp(&b.account));
         Ok(out)
     }
@@ -298,5 +314,36 @@ impl QuarantineAdmin for DynamoStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A park item that is not whole is still listed, by its key, with its flaw: one bad
+    /// item must never hide the others from `tally parked list|redrive`.
+    #[test]
+    fn a_malformed_park_item_is_listed_by_its_key_with_its_flaw() {
+        let item = HashMap::from([
+            ("pk".to_owned(), s("parked#noacct")),
+            ("sk".to_owned(), s(PARKED_SK)),
+            ("version".to_owned(), s("zz")),
+            ("error".to_owned(), s("why")),
+        ]);
+        let p = parked_of(&item);
+        assert_eq!((p.account.as_str(), p.version), ("noacct", 0));
+        assert!(p.error.contains("malformed park item"), "{}", p.error);
+        assert!(p.error.ends_with("why"), "{}", p.error);
+        let whole = HashMap::from([
+            ("pk".to_owned(), s("parked#a")),
+            ("account".to_owned(), s("a")),
+            ("version".to_owned(), n(7)),
+            ("error".to_owned(), s("why")),
+        ]);
+        assert_eq!(
+            (parked_of(&whole).version, parked_of(&whole).error.as_str()),
+            (7, "why")
+        );
     }
 }
