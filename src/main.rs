@@ -247,7 +247,27 @@ fn ingest_args(
 
 /// The data dir's store alone: for commands that only read (no catch-up, no stream).
 fn open_store(dir: &Path) -> Result<EmbeddedStore, String> {
+    existing(dir)?;
     EmbeddedStore::open(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))
+}
+
+/// Commands other than `ingest` and `serve` work on data that exists: a mistyped data dir
+/// must be an error, not a new empty store that reports nothing wrong.
+fn existing(dir: &Path) -> Result<(), String> {
+    if dir.join("tally.redb").is_file() {
+        return Ok(());
+    }
+    Err(format!(
+        "data dir {}: no tally data there (no tally.redb); `tally ingest` or `tally serve` \
+         creates it. Check --data-dir / TALLY_DATA_DIR",
+        dir.display()
+    ))
+}
+
+/// The whole embedded app on data that must exist already (see [`existing`]).
+async fn start_existing(dir: &Path, config: &Config) -> Result<Embedded, String> {
+    existing(dir)?;
+    start(dir, config).await
 }
 
 async fn start(dir: &Path, config: &Config) -> Result<Embedded, String> {
@@ -294,7 +314,7 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
             json,
         } => tally::cli::history(&reader()?, &account, from, limit, json).await,
         Cmd::Replay { .. } => {
-            let app = start(dir, config).await?;
+            let app = start_existing(dir, config).await?;
             let n = audit::replay(&app.store, &app.store)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -310,7 +330,7 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
         Cmd::Parked {
             action: ParkedCmd::Redrive { accounts },
         } => {
-            let app = start(dir, config).await?;
+            let app = start_existing(dir, config).await?;
             let result =
                 tally::cli::quarantine::parked_redrive(&app.projector, &app.store, &accounts).await;
             app.shutdown().await;
@@ -319,7 +339,7 @@ async fn embedded(cmd: Cmd, config: &Config, dir: &Path) -> Result<ExitCode, Str
         Cmd::Quarantine {
             action: QuarantineCmd::Redrive,
         } => {
-            let app = start(dir, config).await?;
+            let app = start_existing(dir, config).await?;
             let result = tally::cli::quarantine::redrive(&app.projector, &app.store).await;
             app.shutdown().await;
             result

@@ -591,3 +591,32 @@ async fn tally_parked_list_and_redrive_on_dynamodb() {
         "a parked item is not a quarantined record"
     );
 }
+
+/// A mistyped `--data-dir` is an error naming it, for every command that works on data
+/// that must exist, and creates nothing (it used to create an empty store and report "0
+/// parked accounts", "0 differences": a healthy-looking answer about the wrong ledger).
+#[test]
+fn a_mistyped_data_dir_is_an_error_and_creates_nothing() {
+    let dir = std::env::temp_dir().join(format!("tally-no-such-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for args in [
+        &["verify"][..],
+        &["balance", "alice"],
+        &["history", "alice"],
+        &["replay"],
+        &["parked", "list"],
+        &["parked", "redrive"],
+        &["quarantine", "list"],
+        &["quarantine", "redrive"],
+    ] {
+        let out = tally_bin()
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains("no tally data there"), "{args:?}: {err}");
+        assert!(!dir.exists(), "{args:?} created the data dir");
+    }
+}

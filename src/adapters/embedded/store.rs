@@ -229,8 +229,9 @@ impl EmbeddedStore {
             .create(&path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format_args!(
-                    "{} is in use by another tally process (a running `tally serve`?); \
-                     stop it or use its HTTP API",
+                    "{} is in use by another tally process (a running `tally serve`?): one \
+                     process at a time opens a data dir; stop it first (its HTTP API serves \
+                     balances, history and bulk ingestion meanwhile)",
                     path.display()
                 )),
                 e => unavailable(format_args!("cannot open {}: {e}", path.display())),
