@@ -31,7 +31,7 @@ pub mod park;
 mod write;
 
 pub use park::{CATCH_UP_READ_EVENTS, CaughtUp, PARKED_KNOWN_MAX, Redriven};
-use park::{FoldFailure, failing_version};
+use park::{FoldFailure, failing_version, met_by_catch_up};
 
 use write::Pending;
 
@@ -140,17 +140,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 None => folded.snapshot,
                 Some(_) => match self.fold_with_fill(group.account, start, effects).await {
                     Ok(snapshot) => snapshot,
-                    Err(FoldFailure::Store(e)) => {
-                        tracing::error!(account = group.account, error = %e, "cannot fill a gap; reporting failure");
-                        continue;
-                    }
-                    Err(FoldFailure::Unfoldable { version, error }) => {
-                        let parked = self
-                            .park_met(batch, group.first_record, group.account, version, error)
-                            .await;
-                        if parked.is_ok() {
-                            fates[g] = Fate::Parked;
-                        }
+                    Err(failure) => {
+                        self.fold_failed(batch, group, g, failure, &mut fates).await;
                         continue;
                     }
                 },
@@ -361,7 +352,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                             "the snapshot is at version {}, ahead of the newest event {tip}",
                             start.version
                         );
-                        self.park(account.as_str(), tip + 1, error, None).await?;
+                        self.park(met_by_catch_up(account.as_str(), tip + 1, error))
+                            .await?;
                         report.parked += 1;
                     }
                 }
@@ -392,7 +384,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             Ok(snapshot) => self.put_caught_up(account, start, snapshot).await,
             Err(FoldFailure::Store(e)) => Err(e),
             Err(FoldFailure::Unfoldable { version, error }) => {
-                self.park(account.as_str(), version, error, None).await?;
+                self.park(met_by_catch_up(account.as_str(), version, error))
+                    .await?;
                 Ok(CaughtUp::Parked)
             }
         }

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use super::fold::{Grouped, fold_group};
+use super::fold::{Group, Grouped, fold_group};
 use super::{Fate, Projector};
 use crate::codec::batch::RecordBatch;
 use crate::domain::{AccountId, Effect, Snapshot};
@@ -33,10 +33,15 @@ pub(super) enum FoldFailure {
     Unfoldable { version: u64, error: String },
 }
 
-/// Where an unfoldable account was met.
-pub(super) struct MetAt<'a> {
-    pub shard: &'a str,
-    pub sequence_number: &'a str,
+/// The park record of an account a catch-up, the backstop or a redrive met (no record).
+pub(super) fn met_by_catch_up(account: &str, version: u64, error: String) -> Parked {
+    Parked {
+        account: account.to_owned(),
+        version,
+        shard: String::new(),
+        sequence_number: String::new(),
+        error,
+    }
 }
 
 /// What [`Projector::catch_up_account`] did.
@@ -111,23 +116,9 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
 
     /// Parks `account` (keeping an earlier park record). `Ok`: it is parked and its events
     /// may be skipped; `Err`: the quarantine could not take it (retry).
-    pub(super) async fn park(
-        &self,
-        account: &str,
-        version: u64,
-        error: String,
-        at: Option<MetAt<'_>>,
-    ) -> Result<(), StoreError> {
-        let (shard, sequence_number) = at.map_or((String::new(), String::new()), |m| {
-            (m.shard.to_owned(), m.sequence_number.to_owned())
-        });
-        let parked = Parked {
-            account: account.to_owned(),
-            version,
-            shard,
-            sequence_number,
-            error,
-        };
+    pub(super) async fn park(&self, parked: Parked) -> Result<(), StoreError> {
+        let (account, version) = (parked.account.clone(), parked.version);
+        let account = account.as_str();
         // What the cache holds may be what did not fold (or ahead of a redrive's rebuild).
         self.cache().forget(account);
         match self.quarantine.park(parked).await {
@@ -153,20 +144,34 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         }
     }
 
-    /// Parks the account of a group met in `batch` at record `record`.
-    pub(super) async fn park_met(
+    /// What a batch does with group `g` whose fold failed: a store failure leaves it
+    /// failed (retried); events that do not fold park the account, met at the group's
+    /// first record, and clear the group as [`Fate::Parked`].
+    pub(super) async fn fold_failed(
         &self,
         batch: &RecordBatch,
-        record: usize,
-        account: &str,
-        version: u64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        let at = MetAt {
-            shard: batch.shard(record),
-            sequence_number: batch.sequence_number(record),
-        };
-        self.park(account, version, error, Some(at)).await
+        group: &Group<'_>,
+        g: usize,
+        failure: FoldFailure,
+        fates: &mut [Fate],
+    ) {
+        match failure {
+            FoldFailure::Store(e) => {
+                tracing::error!(account = group.account, error = %e, "cannot fold the account; reporting failure");
+            }
+            FoldFailure::Unfoldable { version, error } => {
+                let parked = Parked {
+                    account: group.account.to_owned(),
+                    version,
+                    shard: batch.shard(group.first_record).to_owned(),
+                    sequence_number: batch.sequence_number(group.first_record).to_owned(),
+                    error,
+                };
+                if self.park(parked).await.is_ok() {
+                    fates[g] = Fate::Parked;
+                }
+            }
+        }
     }
 }
 
@@ -201,21 +206,15 @@ impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
     }
 
     async fn redrive_once(&self, account: &AccountId) -> Result<Redriven, StoreError> {
-        let account = account.clone();
-        if let Some(again) = self.rebuild_parked(&account).await? {
+        if let Some(again) = self.rebuild_parked(account).await? {
             return Ok(Redriven::StillParked(again));
         }
         self.quarantine.unpark(account.as_str()).await?;
         self.known_parked().remove(account.as_str());
         self.cache().forget(account.as_str());
         for _ in 0..super::SNAPSHOT_RETRIES_MAX {
-            let start = self
-                .snapshots
-                .get(account.as_str())
-                .await?
-                .unwrap_or_default();
-            let newest = self.events.tip(&account).await?.version;
-            match self.catch_up_account(&account, start, newest).await? {
+            let (start, newest) = self.stored_and_newest(account).await?;
+            match self.catch_up_account(account, start, newest).await? {
                 CaughtUp::Written => return Ok(Redriven::Unparked { version: newest }),
                 // Current already, or someone projected meanwhile: look again.
                 CaughtUp::Moved if start.version >= newest => {
@@ -243,12 +242,7 @@ impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
     /// `Some`: its events still do not fold; it is parked again with today's error.
     async fn rebuild_parked(&self, account: &AccountId) -> Result<Option<Parked>, StoreError> {
         for _ in 0..super::SNAPSHOT_RETRIES_MAX {
-            let start = self
-                .snapshots
-                .get(account.as_str())
-                .await?
-                .unwrap_or_default();
-            let newest = self.events.tip(account).await?.version;
+            let (start, newest) = self.stored_and_newest(account).await?;
             // A snapshot ahead of the events or whose figures do not add up is what is
             // wrong: fold from the first event.
             let from = if start.version <= newest && start.adds_up() {
@@ -269,7 +263,8 @@ impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
                 Err(FoldFailure::Unfoldable { version, error }) => {
                     // Today's error replaces the first record.
                     self.quarantine.unpark(account.as_str()).await?;
-                    self.park(account.as_str(), version, error, None).await?;
+                    self.park(met_by_catch_up(account.as_str(), version, error))
+                        .await?;
                     return self.quarantine.parked(account.as_str()).await;
                 }
             };
@@ -292,6 +287,20 @@ impl<E: EventStore, S: SnapshotStore, Q: QuarantineAdmin> Projector<E, S, Q> {
 pub const CATCH_UP_READ_EVENTS: u64 = 10_000;
 
 impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
+    /// The stored snapshot, then the newest version: read in that order, so a snapshot
+    /// ahead of the tip is an altered item, never a projection that raced the read.
+    pub(super) async fn stored_and_newest(
+        &self,
+        account: &AccountId,
+    ) -> Result<(Snapshot, u64), StoreError> {
+        let start = self
+            .snapshots
+            .get(account.as_str())
+            .await?
+            .unwrap_or_default();
+        Ok((start, self.events.tip(account).await?.version))
+    }
+
     /// Folds the stored events `start.version + 1 ..= newest` onto `start`, in reads of at
     /// most [`CATCH_UP_READ_EVENTS`], or says where they stop folding.
     pub(super) async fn fold_from_store(

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use super::park::FoldFailure;
 use super::{Fate, Grouped, Projector, SNAPSHOT_RETRIES_MAX, put};
 use crate::codec::batch::RecordBatch;
 use crate::domain::Snapshot;
@@ -132,17 +131,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 fates[g] = Fate::Stored(current);
                 None
             }
-            Err(FoldFailure::Store(e)) => {
-                tracing::error!(account = group.account, error = %e, "cannot fold account after a conflict");
-                None
-            }
-            Err(FoldFailure::Unfoldable { version, error }) => {
-                let parked = self
-                    .park_met(batch, group.first_record, group.account, version, error)
-                    .await;
-                if parked.is_ok() {
-                    fates[g] = Fate::Parked;
-                }
+            Err(failure) => {
+                self.fold_failed(batch, group, g, failure, fates).await;
                 None
             }
         }
