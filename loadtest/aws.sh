@@ -3,16 +3,25 @@
 # AND projected into the Balances table, then `tally verify --backend aws`.
 #   loadtest/aws.sh cli    # tally ingest --backend aws FILE --wait-projected
 #   loadtest/aws.sh http   # POST /v1/transactions bodies of BODY_ROWS rows, CONCURRENCY at a time
+#   loadtest/aws.sh ceiling  # DynamoDB Local alone, no tally: the ceiling of any bulk client
+#                            # here (loadtest/ddb_ceiling.py)
 # ROWS (20000), ACCOUNTS (1000), ZIPF (empty: uniform), BODY_ROWS (1000), CONCURRENCY (4),
 # PORT (3300) override the defaults. Needs the emulators (`scripts/emulators up`); uses
 # fresh table and stream names, so runs never see each other's data. A `tally serve
 # --backend aws` on 127.0.0.1 plays the projector Lambda (its event source mapping as in
 # template.yaml: 1 s window) and is stopped at the end.
+# DynamoDB Local slows down over its lifetime (every write to a table with a stream looks up
+# the stream's description, a query that grows with what the emulator has held): measure on
+# freshly started emulators (`scripts/emulators down && scripts/emulators up`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-cli}"
-case "$mode" in cli|http) ;; *) echo "usage: loadtest/aws.sh cli|http" >&2; exit 2 ;; esac
+case "$mode" in cli|http|ceiling) ;; *) echo "usage: loadtest/aws.sh cli|http|ceiling" >&2; exit 2 ;; esac
+if [ "$mode" = ceiling ]; then
+  eval "$(scripts/emulators env)"
+  exec env PYTHONPATH="$PWD/.tools/python" python3 loadtest/ddb_ceiling.py
+fi
 rows="${ROWS:-20000}"
 accounts="${ACCOUNTS:-1000}"
 body_rows="${BODY_ROWS:-1000}"
