@@ -254,7 +254,7 @@ fn open_store(dir: &Path) -> Result<EmbeddedStore, String> {
 /// Commands other than `ingest` and `serve` work on data that exists: a mistyped data dir
 /// must be an error, not a new empty store that reports nothing wrong.
 fn existing(dir: &Path) -> Result<(), String> {
-    if dir.join("tally.redb").is_file() {
+    if EmbeddedStore::exists(dir) {
         return Ok(());
     }
     Err(format!(

@@ -218,12 +218,20 @@ pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// The store's file in a data dir.
+const FILE: &str = "tally.redb";
+
 impl EmbeddedStore {
+    /// Whether `dir` holds a store (its file), without creating anything.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(FILE).is_file()
+    }
+
     /// Opens (or creates) `dir/tally.redb`, creating `dir` if needed.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format_args!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join("tally.redb");
+        let path = dir.join(FILE);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
