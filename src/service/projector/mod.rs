@@ -35,7 +35,7 @@ use park::{FoldFailure, failing_version, met_by_catch_up};
 
 use write::Pending;
 
-pub use cache::SnapshotCache;
+pub use cache::{Hint, SnapshotCache};
 pub use fold::*;
 
 use std::sync::Arc;
@@ -125,7 +125,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         let mut fates = vec![Fate::Failed; grouped.groups.len()];
         // First: an account seen unparked is dropped from the cache and loaded afresh.
         let skip = self.skip_parked(&grouped, &mut fates).await;
-        let starts = self.starts(&grouped).await;
+        let (starts, hints) = self.starts(&grouped).await;
         let mut pending: Vec<Pending> = Vec::with_capacity(grouped.groups.len());
         let mut duplicates = 0u64;
         let dropped = self.mutation_dropped();
@@ -162,7 +162,9 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             let mut cache = self.cache();
             for (g, (group, fate)) in grouped.groups.iter().zip(&fates).enumerate() {
                 match fate {
-                    Fate::Stored(snapshot) => cache.commit(group.account, *snapshot),
+                    Fate::Stored(snapshot) => {
+                        cache.commit_hinted(hints[g], group.account, *snapshot)
+                    }
                     Fate::Parked => {}
                     Fate::Failed if g >= dropped => {} // only under the mutation below
                     Fate::Failed => failed.push(group.first_record),
@@ -210,23 +212,26 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
     }
 
     /// Each group's starting snapshot: cached, or loaded (one read for all misses). `None`
-    /// where it could not be loaded: that group fails, the others go on.
-    async fn starts(&self, grouped: &Grouped<'_>) -> Vec<Option<Snapshot>> {
+    /// where it could not be loaded: that group fails, the others go on. Beside it, where
+    /// the cache keeps the group's entry, for the batch's commit.
+    async fn starts(&self, grouped: &Grouped<'_>) -> (Vec<Option<Snapshot>>, Vec<Option<Hint>>) {
         let mut starts = Vec::with_capacity(grouped.groups.len());
+        let mut hints = Vec::with_capacity(grouped.groups.len());
         let mut missing: Vec<usize> = Vec::new();
         {
             let mut cache = self.cache();
             cache.begin();
             for (g, group) in grouped.groups.iter().enumerate() {
-                let start = cache.lookup(group.account);
+                let (start, hint) = cache.lookup(group.account).unzip();
                 if start.is_none() {
                     missing.push(g);
                 }
                 starts.push(start);
+                hints.push(hint);
             }
         }
         if missing.is_empty() {
-            return starts;
+            return (starts, hints);
         }
         let accounts = missing
             .iter()
@@ -247,7 +252,7 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                 tracing::error!(error = %e, accounts = missing.len(), "snapshot store unavailable; failing the accounts not cached")
             }
         }
-        starts
+        (starts, hints)
     }
 
     /// Folds `effects` onto `start`, filling every gap from the event store.
