@@ -29,6 +29,10 @@ use tally::service::metrics::Metrics;
 use tally::service::projector::{Projector, fold_group, group};
 
 mod support;
+
+/// The allocator the `projector` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use support::{CpuTime, Mix, Sink};
 
 const ACCOUNTS: usize = 10_000;

@@ -9,6 +9,11 @@ use std::sync::Arc;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
 
+/// mimalloc, as in the `tally` binary: an invocation allocates and frees megabytes of
+/// buffers, which glibc's allocator gives back to the kernel and faults in again each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let app = tally::lambda::AwsApp::from_env().await?;
