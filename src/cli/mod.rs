@@ -16,13 +16,22 @@ use crate::ports::{EventStore, SnapshotStore};
 use crate::service::audit::VerifyReport;
 use crate::service::query::QueryService;
 
+/// Set once a write to stdout failed: the reader went away (`tally … | head`).
+pub(crate) static STDOUT_GONE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// `println!` that treats a closed stdout (`tally … | head`) as "the reader has seen
-/// enough": exit quietly instead of panicking. Work done before printing is already durable.
+/// enough": later lines are dropped, no panic, and the command goes on to its end. It must
+/// not exit: `ingest` prints its summary before the stream drains and the snapshots are
+/// flushed, and `redrive` prints while it works.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
-            std::process::exit(0);
+        use std::sync::atomic::Ordering;
+        if !$crate::cli::STDOUT_GONE.load(Ordering::Relaxed)
+            && writeln!(std::io::stdout().lock(), $($arg)*).is_err()
+        {
+            $crate::cli::STDOUT_GONE.store(true, Ordering::Relaxed);
         }
     }};
 }

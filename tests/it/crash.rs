@@ -135,3 +135,51 @@ fn verify(dir: &std::path::Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// `tally ingest FILE | head -1`: the reader goes away after the first line, and the ingest
+/// still finishes its work: the stream drained, every snapshot written, exit status 0.
+/// Before the fix the first failed write to stdout exited the process before the drain, and
+/// `verify` found snapshots lagging behind their events.
+#[test]
+fn an_ingest_whose_reader_went_away_still_projects_everything() {
+    let dir = std::env::temp_dir().join(format!("tally-closed-stdout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rows.csv");
+    let made = tally()
+        .args(["gen", "--accounts", "5000", "--transactions", "60000"])
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let db = dir.join("db");
+    let mut child = tally()
+        .arg("--data-dir")
+        .arg(&db)
+        .arg("ingest")
+        .arg(&file)
+        .arg("--rejects")
+        .arg(dir.join("rejects.csv"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, text) = verify(&db);
+    assert!(ok, "{text}");
+    // Some generated withdrawals are refused, so fewer than 60,000 events are booked.
+    assert!(
+        text.contains("events: 0 differences, 0 lagging snapshots, 0 broken"),
+        "{text}"
+    );
+    assert!(!text.contains("verified 0 accounts"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
