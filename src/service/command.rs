@@ -142,10 +142,9 @@ pub(crate) fn retry_delay(attempt: u32) -> Duration {
     Duration::from_micros(crate::entropy::next_u64() % (ceiling * 1_000) + 1)
 }
 
-#[derive(Clone)]
 pub struct CommandService<S, P> {
-    store: S,
-    publisher: P,
+    store: Arc<S>,
+    publisher: Arc<P>,
     policy: Policy,
     buckets: u32,
     clock: Clock,
@@ -154,6 +153,24 @@ pub struct CommandService<S, P> {
     tips: Arc<Tips>,
     turns: Arc<Turns>,
     accounts_per_call: usize,
+}
+
+/// Clones share the store, the publisher and the caches (no `S: Clone` needed).
+impl<S, P> Clone for CommandService<S, P> {
+    fn clone(&self) -> Self {
+        CommandService {
+            store: self.store.clone(),
+            publisher: self.publisher.clone(),
+            policy: self.policy,
+            buckets: self.buckets,
+            clock: self.clock.clone(),
+            backoff: self.backoff.clone(),
+            metrics: self.metrics.clone(),
+            tips: self.tips.clone(),
+            turns: self.turns.clone(),
+            accounts_per_call: self.accounts_per_call,
+        }
+    }
 }
 
 /// One chunk's decisions that are not final yet, and the pages that make them final.
@@ -241,8 +258,8 @@ enum Next {
 impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     pub fn new(store: S, publisher: P, policy: Policy, buckets: u32, clock: Clock) -> Self {
         CommandService {
-            store,
-            publisher,
+            store: Arc::new(store),
+            publisher: Arc::new(publisher),
             policy,
             buckets: buckets.max(1),
             clock,
@@ -618,6 +635,79 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     }
 }
 
+impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
+    /// [`Self::submit_chunks`] cut into `parts` account-disjoint slices of about equal
+    /// command counts, each booked and published on its own task: on a multi-threaded
+    /// runtime one slice is decided while the store writes another (the embedded store's
+    /// group commit takes the slices waiting for it in one transaction). Outcomes are those
+    /// of `submit_chunks`: every account is in one slice, its commands decided in order.
+    /// The turns of all the accounts are held until the last slice is done, even if the
+    /// caller stops waiting.
+    pub async fn submit_chunks_spread(&self, chunks: Vec<AccountChunk>, parts: usize) -> Submitted {
+        let held = Arc::new(self.turns.take(chunks.iter().map(|c| &c.account)).await);
+        let n = chunks.len();
+        // In account order, so each slice's writes fall in one key range of the store's
+        // tables: a slice's commit rewrites that range's pages, not pages all over them.
+        let mut numbered: Vec<(usize, AccountChunk)> = chunks.into_iter().enumerate().collect();
+        numbered.sort_unstable_by(|a, b| a.1.account.cmp(&b.1.account));
+        let tasks: Vec<_> = split_by_commands(numbered, parts)
+            .into_iter()
+            .map(|slice| {
+                let (service, held) = (self.clone(), held.clone());
+                let (places, slice): (Vec<usize>, Vec<AccountChunk>) = slice.into_iter().unzip();
+                let task = tokio::spawn(async move {
+                    let submitted = service.submit_slice(slice).await;
+                    drop(held);
+                    submitted
+                });
+                (places, task)
+            })
+            .collect();
+        let mut all = Submitted {
+            outcomes: vec![Vec::new(); n],
+            error: None,
+        };
+        for (places, task) in tasks {
+            let part = task.await.unwrap_or_else(|e| Submitted {
+                outcomes: Vec::new(),
+                error: Some(CommandError::Store(StoreError::Unavailable(format!(
+                    "a booking task stopped: {e}"
+                )))),
+            });
+            for (place, outcomes) in places.into_iter().zip(part.outcomes) {
+                all.outcomes[place] = outcomes;
+            }
+            all.error = all.error.or(part.error);
+        }
+        all
+    }
+}
+
+/// `chunks` in order, cut into at most `parts` runs of about equal command counts (a chunk
+/// is never split).
+fn split_by_commands(
+    chunks: Vec<(usize, AccountChunk)>,
+    parts: usize,
+) -> Vec<Vec<(usize, AccountChunk)>> {
+    let total: usize = chunks.iter().map(|(_, c)| c.commands.len()).sum();
+    let per = total.div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::with_capacity(parts.max(1));
+    let mut slice = Vec::new();
+    let mut size = 0;
+    for chunk in chunks {
+        size += chunk.1.commands.len();
+        slice.push(chunk);
+        if size >= per {
+            out.push(std::mem::take(&mut slice));
+            size = 0;
+        }
+    }
+    if !slice.is_empty() {
+        out.push(slice);
+    }
+    out
+}
+
 /// Takes what one account's append wrote: the decisions it made final become outcomes, the
 /// pages it wrote go to `booked`; says what to do with the rest.
 fn settle(
@@ -658,5 +748,52 @@ fn settle(
             | AppendError::DuplicateTxn(_)
             | AppendError::TargetReversed(_),
         ) => Next::Redecide,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(name: &str, commands: usize) -> AccountChunk {
+        let at = Timestamp::from_millis(1_793_523_600_000).expect("a valid time");
+        AccountChunk {
+            account: AccountId::new(name).expect("a valid id"),
+            commands: (0..commands)
+                .map(|i| Command::Deposit {
+                    txn_id: TxnId::new(format!("{name}-{i}")).expect("a valid id"),
+                    amount: crate::domain::Money(1),
+                    occurred_at: at,
+                })
+                .collect(),
+        }
+    }
+
+    /// Slices keep every chunk once, in order, none empty, and at most `parts` of them.
+    #[test]
+    fn slices_cover_the_chunks_in_order() {
+        let sizes = [5, 1, 1, 9, 2, 2, 2, 30, 1, 1, 4];
+        for parts in [1, 2, 3, 4, 7, 11, 50] {
+            let chunks: Vec<(usize, AccountChunk)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (i, chunk(&format!("a{i}"), n)))
+                .collect();
+            let slices = split_by_commands(chunks, parts);
+            assert!(
+                !slices.is_empty() && slices.len() <= parts,
+                "{parts}: {}",
+                slices.len()
+            );
+            assert!(slices.iter().all(|s| !s.is_empty()));
+            let names: Vec<String> = slices
+                .iter()
+                .flatten()
+                .map(|(_, c)| c.account.to_string())
+                .collect();
+            let expected: Vec<String> = (0..sizes.len()).map(|i| format!("a{i}")).collect();
+            assert_eq!(names, expected, "parts {parts}");
+        }
+        assert!(split_by_commands(Vec::new(), 4).is_empty());
     }
 }

@@ -21,6 +21,14 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 /// that one store transaction carries many accounts.
 pub const INGEST_WINDOW_ROWS: usize = 65_536;
 
+/// Account-disjoint slices a window is booked in, concurrently: one is decided while the
+/// store writes another (see [`CommandService::submit_chunks_spread`]).
+pub const INGEST_PARTS: usize = 4;
+
+/// Fewest rows worth a slice of their own: a smaller window (an HTTP bulk body of 1,000
+/// rows) goes in one call, as concurrent requests already share commits.
+pub const PART_ROWS_MIN: usize = 4_096;
+
 /// What an ingestion did, row by row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestSummary {
@@ -212,6 +220,8 @@ impl<R: Read + Send + 'static> Source<R> {
 
 /// Whether ingest reads the next window on a thread of its own while the current one is
 /// decided and committed (production), or in turn on the calling task (the simulator).
+/// `Inline` also spreads windows of any size over [`INGEST_PARTS`] slices, so that the
+/// simulator's small files take the path large files take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAhead {
     Thread,
@@ -292,7 +302,11 @@ where
             .last()
             .map(|r| r.line)
             .max(window.invalid.last().map(|e| e.line));
-        match submit_window(window.rows, service, rejects, &mut summary).await {
+        let parts = match read_ahead {
+            ReadAhead::Thread => (window.rows.len() / PART_ROWS_MIN).clamp(1, INGEST_PARTS),
+            ReadAhead::Inline => INGEST_PARTS,
+        };
+        match submit_window(window.rows, parts, service, rejects, &mut summary).await {
             Ok(accounts) => progress(&Progress {
                 rows: summary.rows,
                 summary: &summary,
@@ -332,10 +346,11 @@ fn stopped(
     }
 }
 
-/// Submits one window; its accounts with their newest booked versions, or on failure the
-/// first line without an outcome and why.
+/// Submits one window (in `parts` account-disjoint slices at once); its accounts with their
+/// newest booked versions, or on failure the first line without an outcome and why.
 async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
     window: Vec<Row>,
+    parts: usize,
     service: &CommandService<S, P>,
     rejects: &mut Rejects<W>,
     summary: &mut IngestSummary,
@@ -360,7 +375,11 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
             commands: rows.iter().map(|r| r.command.clone()).collect(),
         })
         .collect();
-    let submitted = service.submit_chunks(chunks).await;
+    let submitted = if parts > 1 {
+        service.submit_chunks_spread(chunks, parts).await
+    } else {
+        service.submit_chunks(chunks).await
+    };
     let mut first_unprocessed: Option<u64> = None;
     let mut write_error = None;
     let mut accounts = Vec::with_capacity(queues.len());

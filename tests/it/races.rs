@@ -311,3 +311,53 @@ async fn concurrent_commands_share_durable_commits_and_keep_their_outcomes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A call spread over slices books every account in its own slice and answers each chunk
+/// at its own place, whatever order the accounts came in (the slices go in account order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_chunks_answer_in_the_callers_order() {
+    let dir = temp_dir("spread");
+    let store = EmbeddedStore::open(&dir).unwrap();
+    let service = CommandService::new(
+        store.clone(),
+        Lost,
+        Policy::default(),
+        64,
+        Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
+    );
+    let names = ["z9", "a1", "m5", "b2", "y8", "c3", "x7", "d4"];
+    let chunk = |name: &str, n: usize| AccountChunk {
+        account: AccountId::new(name).unwrap(),
+        commands: (0..n)
+            .map(|i| Command::Deposit {
+                txn_id: TxnId::new(format!("{name}-{i}")).unwrap(),
+                amount: Money(10),
+                occurred_at: Timestamp::from_millis(1_793_523_600_000).unwrap(),
+            })
+            .collect(),
+    };
+    let chunks: Vec<AccountChunk> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| chunk(name, i + 1))
+        .collect();
+    let outcomes = service
+        .submit_chunks_spread(chunks, 3)
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(outcomes.len(), names.len());
+    for (i, (name, got)) in names.iter().zip(&outcomes).enumerate() {
+        assert_eq!(got.len(), i + 1, "{name}");
+        for (k, outcome) in got.iter().enumerate() {
+            let tally::service::command::CommandOutcome::Booked(e) = outcome else {
+                panic!("{name}: {outcome:?}");
+            };
+            assert_eq!(e.txn_id.as_str(), format!("{name}-{k}"));
+            assert_eq!(e.version, k as u64 + 1);
+        }
+    }
+    drop(service);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
