@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::codec::batch::RecordBatch;
+use crate::domain::limits::APPEND_RETRIES_MAX;
 use crate::domain::{AccountId, Effect, Snapshot};
 use crate::ports::{
     EventStore, Quarantine, Quarantined, SnapshotError, SnapshotPut, SnapshotStore, StoreError,
@@ -332,18 +333,21 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
         let mut report = CatchUp::default();
         let mut after: Option<AccountId> = None;
         loop {
-            let accounts = self.events.accounts(after.as_ref(), 1_000).await?;
+            let accounts =
+                transient_retried(|| self.events.accounts(after.as_ref(), 1_000)).await?;
             let Some((last, _)) = accounts.last() else {
                 break;
             };
             after = Some(last.clone());
             let names: Vec<String> = accounts.iter().map(|(a, _)| a.to_string()).collect();
-            let snapshots = self.snapshots.get_many(names).await?;
+            let snapshots = transient_retried(|| self.snapshots.get_many(names.clone())).await?;
             for ((account, newest), snapshot) in accounts.iter().zip(snapshots) {
                 report.accounts += 1;
                 let start = snapshot.unwrap_or_default();
                 if start.version < *newest {
-                    match self.catch_up_account(account, start, *newest).await? {
+                    let caught =
+                        transient_retried(|| self.catch_up_account(account, start, *newest));
+                    match caught.await? {
                         CaughtUp::Written | CaughtUp::Moved => report.caught_up += 1,
                         CaughtUp::Parked => report.parked += 1,
                     }
@@ -351,7 +355,9 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
                     // Ahead of the listing: events appended and projected since it was
                     // made, or an altered item that would swallow the next events as
                     // duplicates. The tip, read after the snapshot, tells them apart.
-                    let tip = self.events.tip(account).await?.version;
+                    let tip = transient_retried(|| self.events.tip(account))
+                        .await?
+                        .version;
                     if start.version > tip {
                         let error = format!(
                             "the snapshot is at version {}, ahead of the newest event {tip}",
@@ -440,4 +446,25 @@ pub struct CatchUp {
     pub caught_up: u64,
     /// Accounts whose events do not fold: parked (now, or already).
     pub parked: u64,
+}
+
+/// `call`, made again after a jittered pause while it fails transiently (throttled,
+/// unavailable), at most [`APPEND_RETRIES_MAX`] more times: one throttled read must not
+/// throw away a catch-up's progress through thousands of accounts, which under sustained
+/// throttling never finished (the simulator's seeds 2674 and 3192).
+async fn transient_retried<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if crate::service::command::transient(&e) && attempt < APPEND_RETRIES_MAX => {
+                attempt += 1;
+                tokio::time::sleep(crate::service::command::retry_delay(attempt)).await;
+            }
+            done => return done,
+        }
+    }
 }
