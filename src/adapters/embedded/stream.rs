@@ -121,6 +121,9 @@ impl ShardReader for Reader {
     }
 }
 
+/// Longest a drain waits for a failing catch-up once the stream is empty.
+pub const DRAIN_BEHIND_MAX: Duration = Duration::from_secs(60);
+
 /// The running consumers; `drain` waits for quiet, `stop` ends them.
 pub struct Consumers {
     tasks: Vec<JoinHandle<()>>,
@@ -131,9 +134,27 @@ pub struct Consumers {
 
 impl Consumers {
     /// Waits until every published record has been handled, and any record given up on
-    /// has been caught up from the event store.
+    /// has been caught up from the event store: or, if the catch-up keeps failing, until
+    /// [`DRAIN_BEHIND_MAX`] has passed with nothing else to wait for (logged; the events
+    /// are stored, and the next start's catch-up projects them).
     pub async fn drain(&self) {
-        while self.stream.pending() > 0 || (self.behind)() {
+        let mut behind_since = None;
+        loop {
+            if self.stream.pending() > 0 {
+                behind_since = None;
+            } else if !(self.behind)() {
+                return;
+            } else {
+                let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= DRAIN_BEHIND_MAX {
+                    tracing::error!(
+                        "snapshots are still behind after a give-up and {}s of failing \
+                         catch-ups; the next start catches up",
+                        DRAIN_BEHIND_MAX.as_secs()
+                    );
+                    return;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

@@ -39,7 +39,7 @@ pub use cache::{Hint, SnapshotCache};
 pub use fold::*;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codec::batch::RecordBatch;
 use crate::domain::limits::APPEND_RETRIES_MAX;
@@ -74,9 +74,13 @@ pub struct Projector<E, S, Q> {
     quarantine: Q,
     cache: std::sync::Mutex<SnapshotCache>,
     metrics: Arc<Metrics>,
-    /// Set when a mapping gave up on a record: some events may be unprojected until a
+    /// Records a mapping gave up on so far: their events may be unprojected until a
     /// catch-up runs ([`Projector::catch_up_if_behind`]).
-    behind: AtomicBool,
+    gave_up: AtomicU64,
+    /// The count of give-ups the last successful catch-up started after: the projector is
+    /// behind while `gave_up` is past it (also while a catch-up runs, or after one failed
+    /// or was dropped half way).
+    caught_up: AtomicU64,
     catching_up: tokio::sync::Mutex<()>,
     /// Accounts this projector saw parked (see [`park`]).
     parked: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -106,7 +110,8 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             quarantine,
             cache: std::sync::Mutex::new(SnapshotCache::new(cache_entries)),
             metrics,
-            behind: AtomicBool::new(false),
+            gave_up: AtomicU64::new(0),
+            caught_up: AtomicU64::new(0),
             catching_up: tokio::sync::Mutex::new(()),
             parked: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
@@ -302,27 +307,26 @@ impl<E: EventStore, S: SnapshotStore, Q: Quarantine> Projector<E, S, Q> {
             "mapping gave up on a record; its accounts wait for a catch-up"
         );
         Metrics::add(&self.metrics.records_given_up, 1);
-        self.behind.store(true, Ordering::Release);
+        self.gave_up.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether a give-up left events that only a catch-up will project.
     pub fn is_behind(&self) -> bool {
-        self.behind.load(Ordering::Acquire)
+        self.gave_up.load(Ordering::Acquire) > self.caught_up.load(Ordering::Acquire)
     }
 
-    /// Runs a catch-up if a mapping gave up on a record since the last one. On failure the
-    /// projector stays behind, so the next call tries again.
+    /// Runs a catch-up if a mapping gave up on a record since the last one started. The
+    /// projector counts as behind until one succeeds: while it runs (so a drain waits for
+    /// it), and after a failure (so the next call tries again).
     pub async fn catch_up_if_behind(&self) -> Result<Option<CatchUp>, StoreError> {
-        if !self.behind.swap(false, Ordering::AcqRel) {
+        let gave_up = self.gave_up.load(Ordering::Acquire);
+        if gave_up <= self.caught_up.load(Ordering::Acquire) {
             return Ok(None);
         }
-        match self.catch_up().await {
-            Ok(report) => Ok(Some(report)),
-            Err(e) => {
-                self.behind.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
+        // A give-up during the run counts past `gave_up`, so it is caught up next time.
+        let report = self.catch_up().await?;
+        self.caught_up.fetch_max(gave_up, Ordering::AcqRel);
+        Ok(Some(report))
     }
 
     /// Brings every snapshot up to its account's newest stored version. Run at start and
