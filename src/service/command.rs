@@ -338,8 +338,13 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// [`crate::service::locks`]). With [`Self::with_accounts_per_call`], the chunks are
     /// cut into slices of accounts that go through concurrently, each published as soon
     /// as it is durable.
-    pub async fn submit_chunks(&self, mut chunks: Vec<AccountChunk>) -> Submitted {
+    pub async fn submit_chunks(&self, chunks: Vec<AccountChunk>) -> Submitted {
         let _turns = self.turns.take(chunks.iter().map(|c| &c.account)).await;
+        self.submit_taken(chunks).await
+    }
+
+    /// [`Self::submit_chunks`] once the turns of the chunks' accounts are held.
+    async fn submit_taken(&self, mut chunks: Vec<AccountChunk>) -> Submitted {
         if chunks.len() <= self.accounts_per_call {
             return self.submit_slice(chunks).await;
         }
@@ -642,7 +647,8 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// group commit takes the slices waiting for it in one transaction). Outcomes are those
     /// of `submit_chunks`: every account is in one slice, its commands decided in order.
     /// The turns of all the accounts are held until the last slice is done, even if the
-    /// caller stops waiting.
+    /// caller stops waiting. Each slice is submitted as `submit_chunks` submits a call
+    /// (cut again by [`Self::with_accounts_per_call`] if set).
     pub async fn submit_chunks_spread(&self, chunks: Vec<AccountChunk>, parts: usize) -> Submitted {
         let held = Arc::new(self.turns.take(chunks.iter().map(|c| &c.account)).await);
         let n = chunks.len();
@@ -656,7 +662,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                 let (service, held) = (self.clone(), held.clone());
                 let (places, slice): (Vec<usize>, Vec<AccountChunk>) = slice.into_iter().unzip();
                 let task = tokio::spawn(async move {
-                    let submitted = service.submit_slice(slice).await;
+                    let submitted = service.submit_taken(slice).await;
                     drop(held);
                     submitted
                 });
