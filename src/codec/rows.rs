@@ -217,7 +217,7 @@ pub struct RowReader<R: Read> {
 
 enum Inner<R: Read> {
     Csv {
-        reader: csv::Reader<R>,
+        reader: csv::Reader<Tail<R>>,
         columns: [Option<usize>; 6],
         record: csv::StringRecord,
     },
@@ -239,7 +239,12 @@ impl<R: Read> RowReader<R> {
             Format::Csv => {
                 let mut reader = csv::ReaderBuilder::new()
                     .trim(csv::Trim::All)
-                    .from_reader(source);
+                    .from_reader(Tail {
+                        inner: source,
+                        base: 0,
+                        chunk: Vec::new(),
+                        before: None,
+                    });
                 let header = reader
                     .headers()
                     .map_err(|e| RowError::fatal(1, e.to_string()))?;
@@ -280,6 +285,61 @@ fn header_columns(header: &csv::StringRecord) -> Result<[Option<usize>; 6], RowE
         return Err(RowError::fatal(1, format!("missing column {missing:?}")));
     }
     Ok(columns)
+}
+
+/// The input under the CSV reader, keeping a copy of the chunk it gave last (and the byte
+/// before it): enough to tell which byte ended the record just read.
+struct Tail<R> {
+    inner: R,
+    /// Offset of `chunk` in the input.
+    base: u64,
+    chunk: Vec<u8>,
+    before: Option<u8>,
+}
+
+impl<R> Tail<R> {
+    fn byte_at(&self, at: u64) -> Option<u8> {
+        if at.checked_add(1) == Some(self.base) {
+            return self.before;
+        }
+        let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        self.chunk.get(i).copied()
+    }
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.before = self.chunk.last().copied().or(self.before);
+            self.base += self.chunk.len() as u64;
+            self.chunk.clear();
+            self.chunk.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The line a CSV record just read starts on. The reader's own record position is where
+/// the previous record ended, before any blank lines it skipped; so count back from where
+/// this one ended: the newlines inside its fields, and the one ending it (none after a
+/// CR, which the reader stops at, or at the end of an input without a final newline). A
+/// quoted field that begins or ends with a newline is trimmed of it, so such a record is
+/// named a line late.
+fn start_line<R: Read>(reader: &csv::Reader<Tail<R>>, record: &csv::StringRecord) -> u64 {
+    let end = reader.position();
+    let inside: usize = record
+        .iter()
+        .map(|f| memchr::memchr_iter(b'\n', f.as_bytes()).count())
+        .sum();
+    let ended_by_newline = end
+        .byte()
+        .checked_sub(1)
+        .and_then(|at| reader.get_ref().byte_at(at))
+        .is_none_or(|b| b == b'\n');
+    end.line()
+        .saturating_sub(inside as u64 + u64::from(ended_by_newline))
+        .max(1)
 }
 
 /// NDJSON object with the bulk row's names; anything else is refused by name.
@@ -401,7 +461,7 @@ impl<R: Read> Iterator for RowReader<R> {
             } => match reader.read_record(record) {
                 Ok(false) => None,
                 Ok(true) => {
-                    let line = record.position().map_or(0, |p| p.line());
+                    let line = start_line(reader, record);
                     let get = |slot: usize| {
                         columns[slot]
                             .and_then(|i| record.get(i))

@@ -141,3 +141,34 @@ fn ndjson_errors_name_the_field_too() {
         errors[2]
     );
 }
+
+/// A CSV row is named by the line it starts on, as an editor shows it: after blank lines,
+/// after a quoted field spanning lines, with CRLF endings, and as the last line without a
+/// newline. Found from the outside: a row after blank lines was named by the first of them.
+#[test]
+fn csv_rows_are_named_by_their_own_line_after_blank_and_multi_line_ones() {
+    let text = "txn_id,account,kind,amount,occurred_at,reverses\n\
+                q1,A,deposit,5,2026-11-01T09:00:00Z,\n\
+                \n\
+                q2,A,deposit,x,2026-11-01T09:00:00Z,\n\
+                \n\
+                \n\
+                \n\
+                q3,A,deposit,7,2026-11-01T09:00:00Z,\n\
+                \"q4\",A,deposit,\"8\",\"2026-11-01\n09:00:00Z\",\n\
+                q5,A,deposit,9,2026-11-01T09:00:00Z,\n\
+                \n\
+                q6,A,deposit,10,2026-11-01T09:00:00Z,";
+    let lines = |text: &str| -> Vec<u64> {
+        read(text, Format::Csv)
+            .iter()
+            .map(|r| match r {
+                Ok(row) => row.line,
+                Err(e) => e.line,
+            })
+            .collect()
+    };
+    assert_eq!(lines(text), [2, 4, 8, 9, 11, 13]);
+    assert_eq!(lines(&text.replace('\n', "\r\n")), [2, 4, 8, 9, 11, 13]);
+    assert_eq!(lines(&format!("{text}\n")), [2, 4, 8, 9, 11, 13]);
+}
