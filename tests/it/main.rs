@@ -2,6 +2,11 @@
 //! independent reference model, property tests, codec robustness, bulk rows and the
 //! projector's batch fold.
 
+// The command service's futures over the DynamoDB store, awaited inside test helpers, nest
+// deeper than the default query depth allows when rustc lays them out (seen without
+// incremental compilation, as CI builds).
+#![recursion_limit = "256"]
+
 mod aws;
 mod aws_cli;
 mod backstop;
