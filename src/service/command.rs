@@ -648,8 +648,11 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// of `submit_chunks`: every account is in one slice, its commands decided in order.
     /// The turns of all the accounts are held until the last slice is done, even if the
     /// caller stops waiting. Each slice is submitted as `submit_chunks` submits a call
-    /// (cut again by [`Self::with_accounts_per_call`] if set).
+    /// (cut again by [`Self::with_accounts_per_call`] if set); one part is `submit_chunks`.
     pub async fn submit_chunks_spread(&self, chunks: Vec<AccountChunk>, parts: usize) -> Submitted {
+        if parts <= 1 {
+            return self.submit_chunks(chunks).await;
+        }
         let held = Arc::new(self.turns.take(chunks.iter().map(|c| &c.account)).await);
         let n = chunks.len();
         // In account order, so each slice's writes fall in one key range of the store's

@@ -375,11 +375,7 @@ async fn submit_window<S: EventStore, P: EventPublisher, W: Write>(
             commands: rows.iter().map(|r| r.command.clone()).collect(),
         })
         .collect();
-    let submitted = if parts > 1 {
-        service.submit_chunks_spread(chunks, parts).await
-    } else {
-        service.submit_chunks(chunks).await
-    };
+    let submitted = service.submit_chunks_spread(chunks, parts).await;
     let mut first_unprocessed: Option<u64> = None;
     let mut write_error = None;
     let mut accounts = Vec::with_capacity(queues.len());

@@ -210,6 +210,17 @@ impl EventPublisher for Lost {
     }
 }
 
+/// A command service on `store` whose events never reach a stream, at a fixed ledger time.
+fn unpublished(store: &EmbeddedStore) -> CommandService<EmbeddedStore, Lost> {
+    CommandService::new(
+        store.clone(),
+        Lost,
+        Policy::default(),
+        64,
+        Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
+    )
+}
+
 /// `verify` reads and reports: a snapshot behind its events is listed (with counts) and the
 /// exit status is 1, however often it runs; `replay` repairs, and then `verify` is clean.
 /// Before the fix `verify` ran catch-up first and so reported nothing.
@@ -218,13 +229,7 @@ async fn verify_reports_a_lagging_snapshot_without_repairing_it() {
     let dir = temp_dir("lag");
     {
         let store = EmbeddedStore::open(&dir).unwrap();
-        let service = CommandService::new(
-            store.clone(),
-            Lost,
-            Policy::default(),
-            64,
-            Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
-        );
+        let service = unpublished(&store);
         let chunks = (0..3)
             .map(|a| AccountChunk {
                 account: AccountId::new(format!("lag{a}")).unwrap(),
@@ -318,13 +323,7 @@ async fn concurrent_commands_share_durable_commits_and_keep_their_outcomes() {
 async fn spread_chunks_answer_in_the_callers_order() {
     let dir = temp_dir("spread");
     let store = EmbeddedStore::open(&dir).unwrap();
-    let service = CommandService::new(
-        store.clone(),
-        Lost,
-        Policy::default(),
-        64,
-        Arc::new(|| Timestamp::from_millis(1_795_000_000_000).unwrap()),
-    );
+    let service = unpublished(&store);
     let names = ["z9", "a1", "m5", "b2", "y8", "c3", "x7", "d4"];
     let chunk = |name: &str, n: usize| AccountChunk {
         account: AccountId::new(name).unwrap(),

@@ -308,10 +308,13 @@ impl EmbeddedStore {
     ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
         let events = tx.open_table(EVENTS).map_err(unavailable)?;
         let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
-        let index = read_index(&self.index);
-        txns.iter()
-            .map(|t| Ok(lookup(&index, &events, &refusals, account.as_str(), t)?.map(|(o, _)| o)))
-            .collect()
+        outcomes_of(
+            &read_index(&self.index),
+            &events,
+            &refusals,
+            account.as_str(),
+            txns,
+        )
     }
 
     fn tip_sync(&self, account: &str) -> Result<AccountState, StoreError> {
@@ -394,6 +397,20 @@ impl EmbeddedStore {
     }
 }
 
+/// The committed outcome of each of `txns` on `account` (the index, confirmed against the
+/// tables of one read transaction).
+fn outcomes_of(
+    index: &TxnIndex,
+    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    refusals: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    account: &str,
+    txns: &[TxnId],
+) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
+    txns.iter()
+        .map(|t| Ok(lookup(index, events, refusals, account, t)?.map(|(o, _)| o)))
+        .collect()
+}
+
 impl EventStore for EmbeddedStore {
     async fn tip(&self, account: &AccountId) -> Result<AccountState, StoreError> {
         self.tip_sync(account.as_str())
@@ -433,15 +450,10 @@ impl EventStore for EmbeddedStore {
                         None => (AccountState::default(), true),
                     },
                 };
-                let outcomes = l
-                    .txns
-                    .iter()
-                    .map(|t| Ok(lookup(&index, &events, &refusals, account, t)?.map(|(o, _)| o)))
-                    .collect::<Result<_, StoreError>>()?;
                 Ok(Loaded {
                     tip,
                     fresh,
-                    outcomes,
+                    outcomes: outcomes_of(&index, &events, &refusals, account, &l.txns)?,
                 })
             };
             Ok(loads.iter().map(one).collect())
