@@ -838,6 +838,110 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
     }
     let err = EmbeddedStore::open(&dir).err().expect("refused");
     assert!(err.to_string().contains("store layout 1"), "{err}");
+    // Layout 3 (pages keyed by account) names itself in its meta table.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            tx.open_table(def).unwrap().insert("layout", 3).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(&dir).err().expect("refused");
+    assert!(err.to_string().contains("store layout 3"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pages are stored in commit order (each commit's pages after every earlier one: the right
+/// edge of the tree), whatever their accounts, and an account's events read back whole from
+/// any version after a restart, however its pages interleave with other accounts'.
+#[tokio::test]
+async fn embedded_pages_are_stored_in_commit_order_and_read_back_by_account() {
+    let dir = std::env::temp_dir().join(format!("tally-pages-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b) = (AccountId::new("a").unwrap(), AccountId::new("b").unwrap());
+    {
+        let store = EmbeddedStore::open(&dir).unwrap();
+        // Commit 1: b's first page. Commit 2: a then b. Commit 3: a.
+        let b1 = events(vec![deposit(1, "b1", 10, 10), deposit(2, "b2", 10, 20)]);
+        assert_eq!(
+            store.append(vec![append(&b, 0, vec![b1])]).await,
+            vec![ok(1)]
+        );
+        let a1 = events(vec![deposit(1, "a1", 1, 1)]);
+        let b3 = events(vec![deposit(3, "b3", 10, 30)]);
+        assert_eq!(
+            store
+                .append(vec![append(&a, 0, vec![a1]), append(&b, 2, vec![b3])])
+                .await,
+            vec![ok(1), ok(1)]
+        );
+        let a2 = events(vec![deposit(2, "a2", 1, 2), deposit(3, "a3", 1, 3)]);
+        let a4 = events(vec![deposit(4, "a4", 1, 4)]);
+        assert_eq!(
+            store.append(vec![append(&a, 1, vec![a2, a4])]).await,
+            vec![ok(2)]
+        );
+    }
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let def: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("pages");
+        let table = tx.open_table(def).unwrap();
+        let stored: Vec<(u64, String, u64)> = redb::ReadableTable::iter(&table)
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                // The value is the attempt (8 bytes), then the page.
+                let page = tally::codec::decode_page(&v.value()[8..]).unwrap();
+                let first = page.events()[0].version;
+                (k.value(), page.account.as_str().to_owned(), first)
+            })
+            .collect();
+        let expected = [
+            (1, "b", 1),
+            (2, "a", 1),
+            (3, "b", 3),
+            (4, "a", 2),
+            (5, "a", 4),
+        ];
+        let expected: Vec<(u64, String, u64)> = expected
+            .iter()
+            .map(|&(seq, acct, first)| (seq, acct.to_owned(), first))
+            .collect();
+        assert_eq!(stored, expected);
+    }
+    let store = EmbeddedStore::open(&dir).unwrap();
+    let versions = |events: Vec<Event>| events.iter().map(|e| e.version).collect::<Vec<_>>();
+    assert_eq!(versions(store.read(&a, 1, 4).await.unwrap()), [1, 2, 3, 4]);
+    assert_eq!(versions(store.read(&a, 3, 9).await.unwrap()), [3, 4]);
+    assert_eq!(versions(store.read(&b, 2, 3).await.unwrap()), [2, 3]);
+    assert_eq!(
+        versions(store.read(&b, 4, 9).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    // The next commit continues the sequence after a restart, and the ids stay known.
+    let a5 = events(vec![deposit(5, "a5", 1, 5)]);
+    assert_eq!(
+        store.append(vec![append(&a, 4, vec![a5])]).await,
+        vec![ok(1)]
+    );
+    assert_eq!(versions(store.read(&a, 4, 5).await.unwrap()), [4, 5]);
+    let again = events(vec![deposit(6, "b1", 1, 6)]);
+    assert_eq!(
+        store.append(vec![append(&a, 5, vec![again.clone()])]).await,
+        vec![ok(1)],
+        "b1 is b's id, a new one for a"
+    );
+    let dup = events(vec![deposit(4, "b3", 1, 31)]);
+    assert_eq!(
+        store.append(vec![append(&b, 3, vec![dup])]).await,
+        vec![stopped(0, AppendError::DuplicateTxn(txn("b3")))]
+    );
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -12,7 +12,7 @@ use redb::{Database, Durability, ReadableTable};
 
 use super::index::{Origin, Slot, TxnIndex, lookup};
 use super::store::{
-    EVENTS, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key, read_range,
+    PAGE_DIR, PAGES, PageView, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key,
     split_attempt, split_marker_key, unavailable, with_attempt,
 };
 use crate::codec::encode_events;
@@ -26,7 +26,7 @@ use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
 
 /// The tables a group reads and writes, open in one write transaction.
 struct Tables<'t> {
-    events: Table<'t, &'static [u8]>,
+    pages: PageView<Table<'t, u64>, redb::Table<'t, &'static [u8], u64>>,
     refusals: Table<'t, &'static [u8]>,
     tips: Table<'t, &'static str>,
 }
@@ -45,7 +45,10 @@ pub(super) fn append_group(
             .map_err(unavailable)?;
         let (results, staged) = {
             let mut t = Tables {
-                events: tx.open_table(EVENTS).map_err(unavailable)?,
+                pages: PageView {
+                    pages: tx.open_table(PAGES).map_err(unavailable)?,
+                    dir: tx.open_table(PAGE_DIR).map_err(unavailable)?,
+                },
                 refusals: tx.open_table(REFUSALS).map_err(unavailable)?,
                 tips: tx.open_table(TIPS).map_err(unavailable)?,
             };
@@ -67,7 +70,7 @@ pub(super) fn append_group(
             let mut reversed = tx.open_table(REVERSED).map_err(unavailable)?;
             let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
             write_staged(&staged, &mut t, &mut reversed)?;
-            summarize_completed(&staged, &t.events, &mut segments)?;
+            summarize_completed(&staged, &t.pages, &mut segments)?;
             (results, staged)
         };
         tx.commit().map_err(unavailable)?;
@@ -88,15 +91,24 @@ pub(super) fn append_group(
     }
 }
 
-/// Inserts the staged rows in key order: pages, refusals, reversed flags, tips.
+/// Inserts the staged rows in key order: pages (each under the next sequence number, so at
+/// the right edge of the pages tree) with their directory rows, refusals, reversed flags,
+/// tips.
 fn write_staged(
     staged: &Staged,
     t: &mut Tables<'_>,
     reversed: &mut Table<'_, &'static [u8]>,
 ) -> Result<(), StoreError> {
-    for (k, v) in &staged.events {
-        t.events
-            .insert(k.as_slice(), v.as_slice())
+    let next = match t.pages.pages.last().map_err(unavailable)? {
+        Some((last, _)) => last.value().checked_add(1),
+        None => Some(1),
+    }
+    .ok_or_else(|| corrupt("the page sequence is exhausted"))?;
+    for (seq, (k, v)) in (next..).zip(&staged.events) {
+        t.pages.dir.insert(k.as_slice(), seq).map_err(unavailable)?;
+        t.pages
+            .pages
+            .insert(seq, v.as_slice())
             .map_err(unavailable)?;
     }
     for (k, (outcome, origin, attempt)) in &staged.markers {
@@ -166,17 +178,17 @@ impl Staged {
 }
 
 /// Writes the summary of every segment this call's events completed (the events, staged
-/// ones included, are already in `events`).
+/// ones included, are already in `pages`).
 fn summarize_completed(
     staged: &Staged,
-    events: &Table<&'static [u8]>,
+    pages: &PageView<Table<'_, u64>, redb::Table<'_, &'static [u8], u64>>,
     segments: &mut Table<&'static [u8]>,
 ) -> Result<(), StoreError> {
     for (account, tip) in &staged.tips {
         let before = staged.before.get(account).copied().unwrap_or(0);
         for index in Segment::completed(before, tip.version) {
             let (first, last) = Segment::versions(index);
-            let summary = Segment::summarize(index, &read_range(events, account, first, last)?)
+            let summary = Segment::summarize(index, &pages.read_range(account, first, last)?)
                 .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
             segments
                 .insert(
@@ -336,7 +348,7 @@ fn stored_outcome(
     if let Some((o, origin, _)) = staged.markers.get(&marker_key(account, txn.as_str())) {
         return Ok(Some((o.clone(), *origin)));
     }
-    lookup(index, &t.events, &t.refusals, account, txn)
+    lookup(index, &t.pages, &t.refusals, account, txn)
 }
 
 /// What a page that passed its checks writes.
@@ -379,15 +391,10 @@ fn already_written(
     attempt: u64,
     t: &Tables<'_>,
 ) -> Result<bool, StoreError> {
-    if let (Some(first), Some(bytes)) = (page.events.first(), value) {
-        match t
-            .events
-            .get(event_key(account, first.version).as_slice())
-            .map_err(unavailable)?
-        {
-            Some(stored) if stored.value() == bytes => {}
-            _ => return Ok(false),
-        }
+    if let (Some(first), Some(bytes)) = (page.events.first(), value)
+        && !t.pages.holds(account, first.version, bytes)?
+    {
+        return Ok(false);
     }
     for r in &page.refusals {
         let txn = r.command.txn_id();

@@ -214,14 +214,18 @@ pub enum Origin {
 /// cannot confirm (a hash shared with another id, or an index ahead of an older read
 /// snapshot) counts as no outcome: the writer's own check, which sees everything committed,
 /// is what keeps an id from being decided twice.
-pub fn lookup(
+pub fn lookup<P, D>(
     index: &TxnIndex,
-    events: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+    pages: &super::store::PageView<P, D>,
     refusals: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
     account: &str,
     txn: &crate::domain::TxnId,
-) -> Result<Option<(crate::domain::TxnOutcome, Origin)>, crate::ports::StoreError> {
-    use super::store::{corrupt, marker_key, read_range, split_attempt, unavailable};
+) -> Result<Option<(crate::domain::TxnOutcome, Origin)>, crate::ports::StoreError>
+where
+    P: redb::ReadableTable<u64, &'static [u8]>,
+    D: redb::ReadableTable<&'static [u8], u64>,
+{
+    use super::store::{corrupt, marker_key, split_attempt, unavailable};
     use crate::domain::TxnOutcome;
     let Some(candidate) = index.get(account, txn.as_str()) else {
         return Ok(None);
@@ -242,7 +246,8 @@ pub fn lookup(
             None => Ok(None),
         },
         Slot::Booked { version, reversed } => {
-            let found = read_range(events, account, version, version)?
+            let found = pages
+                .read_range(account, version, version)?
                 .pop()
                 .filter(|e| &e.txn_id == txn);
             Ok(found.map(|event| (TxnOutcome::Booked { event, reversed }, origin)))

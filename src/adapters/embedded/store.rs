@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 
 use std::sync::RwLock;
@@ -28,9 +29,17 @@ use crate::ports::{
     SnapshotError, SnapshotPut, SnapshotStore, StoreError,
 };
 
-/// `event_key(account, first version)` → the writer's attempt (8 bytes, little-endian), then
-/// the encoded page (see [`with_attempt`]).
-pub(super) const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// Page sequence (commit order) → the writer's attempt (8 bytes, little-endian), then the
+/// encoded page, which names its account and first version (see [`with_attempt`]). A
+/// commit's new pages take the next sequence numbers, so they land at the right edge of this
+/// tree: a commit writes a few new leaves instead of rewriting one leaf per account it
+/// touched (keyed by account, most of a commit's time went into copying those leaves).
+pub(super) const PAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("pages");
+/// `event_key(account, first version)` → the sequence of that page in [`PAGES`]: small rows,
+/// so the leaves a commit rewrites here are few.
+pub(super) const PAGE_DIR: TableDefinition<&[u8], u64> = TableDefinition::new("page_dir");
+/// The table that held pages keyed by account before layout 4.
+const LEGACY_EVENTS: &str = "events";
 /// `marker_key(account, txn id)` → the writer's attempt, then a refused txn id's outcome
 /// (`codec::stored::encode_outcome`).
 /// Booked ids need no row: their pages record them (see `index.rs`).
@@ -39,9 +48,9 @@ pub(super) const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 pub(super) const REVERSED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reversed");
 /// "layout" → the store layout version, so an older data dir is refused by name.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The layout this code writes: 3 = pages and refusals prefixed with the attempt that wrote
-/// them, reversed flags, txn index in memory (2 had no attempt).
-const LAYOUT: u64 = 3;
+/// The layout this code writes: 4 = pages keyed by commit sequence with a directory by
+/// account (3 keyed pages by account; 2 had no attempt prefix).
+const LAYOUT: u64 = 4;
 /// account → version and balance of the newest event.
 pub(super) const TIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("tips");
 /// account → snapshot.
@@ -71,37 +80,73 @@ pub(super) fn key_version(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Events `from..=to` of `account`, from any table view (a write transaction sees what it
-/// staged).
-pub(super) fn read_range(
-    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    account: &str,
-    from: u64,
-    to: u64,
-) -> Result<Vec<Event>, StoreError> {
-    // The page holding `from` starts at or before it.
-    let start = match events
-        .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
-        .map_err(unavailable)?
-        .next_back()
-    {
-        Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
-        None => 0,
-    };
-    let mut out = Vec::new();
-    for entry in events
-        .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
-        .map_err(unavailable)?
-    {
-        let (_, bytes) = entry.map_err(unavailable)?;
-        let page = decode_page(split_attempt(bytes.value())?.1).map_err(corrupt)?;
-        out.extend(
-            page.into_events()
-                .into_iter()
-                .filter(|e| e.version >= from && e.version <= to),
-        );
+/// The pages of events as one transaction sees them (a write transaction sees what it
+/// staged): the directory says which sequence holds an account's page, [`PAGES`] holds it.
+pub(super) struct PageView<P, D> {
+    pub pages: P,
+    pub dir: D,
+}
+
+impl<P, D> PageView<P, D>
+where
+    P: ReadableTable<u64, &'static [u8]>,
+    D: ReadableTable<&'static [u8], u64>,
+{
+    /// Events `from..=to` of `account`.
+    pub fn read_range(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        // The page holding `from` starts at or before it.
+        let start = match self
+            .dir
+            .range(event_key(account, 0).as_slice()..=event_key(account, from.max(1)).as_slice())
+            .map_err(unavailable)?
+            .next_back()
+        {
+            Some(entry) => key_version(entry.map_err(unavailable)?.0.value()),
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for entry in self
+            .dir
+            .range(event_key(account, start).as_slice()..=event_key(account, to).as_slice())
+            .map_err(unavailable)?
+        {
+            let (_, seq) = entry.map_err(unavailable)?;
+            let page = self.page(account, seq.value())?;
+            out.extend(
+                page.into_events()
+                    .into_iter()
+                    .filter(|e| e.version >= from && e.version <= to),
+            );
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    fn page(&self, account: &str, seq: u64) -> Result<crate::domain::Page, StoreError> {
+        let bytes = self.pages.get(seq).map_err(unavailable)?.ok_or_else(|| {
+            corrupt(format!(
+                "the directory of {account} names missing page {seq}"
+            ))
+        })?;
+        let page = decode_page(split_attempt(bytes.value())?.1).map_err(corrupt)?;
+        if page.account.as_str() != account {
+            return Err(corrupt(format!("page {seq} is not of {account}")));
+        }
+        Ok(page)
+    }
+
+    /// Whether the page of `account` starting at `first` is stored with exactly `value`
+    /// (attempt included).
+    pub fn holds(&self, account: &str, first: u64, value: &[u8]) -> Result<bool, StoreError> {
+        let Some(seq) = self
+            .dir
+            .get(event_key(account, first).as_slice())
+            .map_err(unavailable)?
+        else {
+            return Ok(false);
+        };
+        let stored = self.pages.get(seq.value()).map_err(unavailable)?;
+        Ok(stored.is_some_and(|s| s.value() == value))
+    }
 }
 
 /// `account NUL txn`.
@@ -152,22 +197,17 @@ fn read_index(index: &RwLock<TxnIndex>) -> std::sync::RwLockReadGuard<'_, TxnInd
 fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
     let tx = db.begin_read().map_err(unavailable)?;
     let mut index = TxnIndex::default();
-    let events = tx.open_table(EVENTS).map_err(unavailable)?;
-    for entry in events.iter().map_err(unavailable)? {
-        let (key, bytes) = entry.map_err(unavailable)?;
-        let key = key.value();
-        let account = key
-            .len()
-            .checked_sub(9)
-            .and_then(|n| std::str::from_utf8(&key[..n]).ok())
-            .ok_or_else(|| corrupt("page key without an account"))?;
+    let pages = tx.open_table(PAGES).map_err(unavailable)?;
+    for entry in pages.iter().map_err(unavailable)? {
+        let (_, bytes) = entry.map_err(unavailable)?;
         let (_, page) = split_attempt(bytes.value())?;
-        for e in decode_page(page).map_err(corrupt)?.events() {
+        let page = decode_page(page).map_err(corrupt)?;
+        for e in page.events() {
             let slot = Slot::Booked {
                 version: e.version,
                 reversed: false,
             };
-            index.insert(account, e.txn_id.as_str(), slot);
+            index.insert(page.account.as_str(), e.txn_id.as_str(), slot);
         }
     }
     let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
@@ -258,12 +298,16 @@ impl EmbeddedStore {
     fn init(db: Database) -> Result<EmbeddedStore, StoreError> {
         let tx = db.begin_write().map_err(unavailable)?;
         {
-            let events = tx.open_table(EVENTS).map_err(unavailable)?;
+            let pages = tx.open_table(PAGES).map_err(unavailable)?;
+            let legacy = tx
+                .list_tables()
+                .map_err(unavailable)?
+                .any(|t| t.name() == LEGACY_EVENTS);
             let mut meta = tx.open_table(META).map_err(unavailable)?;
             let layout = meta.get("layout").map_err(unavailable)?.map(|v| v.value());
             match layout {
                 Some(LAYOUT) => {}
-                None if events.is_empty().map_err(unavailable)? => {
+                None if !legacy && pages.is_empty().map_err(unavailable)? => {
                     meta.insert("layout", LAYOUT).map_err(unavailable)?;
                 }
                 other => {
@@ -275,6 +319,7 @@ impl EmbeddedStore {
                 }
             }
         }
+        tx.open_table(PAGE_DIR).map_err(unavailable)?;
         tx.open_table(REFUSALS).map_err(unavailable)?;
         tx.open_table(REVERSED).map_err(unavailable)?;
         tx.open_table(TIPS).map_err(unavailable)?;
@@ -306,11 +351,11 @@ impl EmbeddedStore {
         account: &AccountId,
         txns: &[TxnId],
     ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
-        let events = tx.open_table(EVENTS).map_err(unavailable)?;
+        let view = page_view(tx)?;
         let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
         outcomes_of(
             &read_index(&self.index),
-            &events,
+            &view,
             &refusals,
             account.as_str(),
             txns,
@@ -328,8 +373,7 @@ impl EmbeddedStore {
 
     fn read_sync(&self, account: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(unavailable)?;
-        let events = tx.open_table(EVENTS).map_err(unavailable)?;
-        read_range(&events, account, from, to)
+        page_view(&tx)?.read_range(account, from, to)
     }
 
     fn segments_sync(
@@ -397,17 +441,27 @@ impl EmbeddedStore {
     }
 }
 
+type ReadView =
+    PageView<redb::ReadOnlyTable<u64, &'static [u8]>, redb::ReadOnlyTable<&'static [u8], u64>>;
+
+fn page_view(tx: &redb::ReadTransaction) -> Result<ReadView, StoreError> {
+    Ok(PageView {
+        pages: tx.open_table(PAGES).map_err(unavailable)?,
+        dir: tx.open_table(PAGE_DIR).map_err(unavailable)?,
+    })
+}
+
 /// The committed outcome of each of `txns` on `account` (the index, confirmed against the
 /// tables of one read transaction).
 fn outcomes_of(
     index: &TxnIndex,
-    events: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    view: &ReadView,
     refusals: &impl ReadableTable<&'static [u8], &'static [u8]>,
     account: &str,
     txns: &[TxnId],
 ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
     txns.iter()
-        .map(|t| Ok(lookup(index, events, refusals, account, t)?.map(|(o, _)| o)))
+        .map(|t| Ok(lookup(index, view, refusals, account, t)?.map(|(o, _)| o)))
         .collect()
 }
 
@@ -438,7 +492,7 @@ impl EventStore for EmbeddedStore {
         let run = || -> Result<Vec<Result<Loaded, StoreError>>, StoreError> {
             let tx = self.db.begin_read().map_err(unavailable)?;
             let tips = tx.open_table(TIPS).map_err(unavailable)?;
-            let events = tx.open_table(EVENTS).map_err(unavailable)?;
+            let view = page_view(&tx)?;
             let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
             let index = read_index(&self.index);
             let one = |l: &Load| -> Result<Loaded, StoreError> {
@@ -453,7 +507,7 @@ impl EventStore for EmbeddedStore {
                 Ok(Loaded {
                     tip,
                     fresh,
-                    outcomes: outcomes_of(&index, &events, &refusals, account, &l.txns)?,
+                    outcomes: outcomes_of(&index, &view, &refusals, account, &l.txns)?,
                 })
             };
             Ok(loads.iter().map(one).collect())
