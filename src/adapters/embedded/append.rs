@@ -213,25 +213,23 @@ fn append_account(
     let account = append.account.as_str();
     let mut expected = append.expected_version;
     for (i, page) in append.pages.iter().enumerate() {
-        let bytes = match encoded_page(&append.account, expected, page) {
-            Ok(b) => b,
+        let value = match stored_value(&append.account, expected, page, append.attempt) {
+            Ok(v) => v,
             Err(e) => return stopped(i, e.into()),
         };
-        let bytes = bytes.map(|b| with_attempt(append.attempt, &b));
-        let outcome = check_page(account, expected, page, t, index, staged).map(|writes| {
-            let writes = Writes {
-                page: bytes.as_deref(),
-                outcomes: writes,
-                attempt: append.attempt,
-            };
-            stage(account, page, writes, staged)
-        });
-        match outcome {
-            Ok(()) => {}
+        match check_page(account, expected, page, t, index, staged) {
+            Ok(outcomes) => {
+                let writes = Writes {
+                    page: value,
+                    outcomes,
+                    attempt: append.attempt,
+                };
+                stage(account, page, writes, staged);
+            }
             // A page this attempt wrote before (a retry after a timeout) succeeds again; the
             // same page from another attempt stays a conflict.
             Err(AppendError::Conflict { .. } | AppendError::DuplicateTxn(_))
-                if already_written(account, page, bytes.as_deref(), append.attempt, t)
+                if already_written(account, page, value.as_deref(), append.attempt, t)
                     .unwrap_or(false) => {}
             Err(e) => return stopped(i, e),
         }
@@ -252,21 +250,20 @@ fn stopped(pages: usize, error: AppendError) -> Appended {
     }
 }
 
-/// The stored bytes of a page's events (`None` for a page of refusals only).
-fn encoded_page(
+/// The stored value of a page's events: the attempt, then the encoded page (`None` for a
+/// page of refusals only). One copy of the encoding, moved into the staged writes.
+fn stored_value(
     account: &AccountId,
     expected: u64,
     page: &PageWrite,
+    attempt: u64,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     page.check_shape(expected)?;
     if page.events.is_empty() {
         return Ok(None);
     }
-    Ok(Some(
-        encode_events(account, &page.events)
-            .map_err(corrupt)?
-            .to_vec(),
-    ))
+    let encoded = encode_events(account, &page.events).map_err(corrupt)?;
+    Ok(Some(with_attempt(attempt, &encoded)))
 }
 
 /// Checks one page's conditions against stored plus staged state; returns the outcome
@@ -352,20 +349,20 @@ fn stored_outcome(
 }
 
 /// What a page that passed its checks writes.
-struct Writes<'a> {
+struct Writes {
     /// The stored value of its events (attempt first), `None` for refusals only.
-    page: Option<&'a [u8]>,
+    page: Option<Vec<u8>>,
     outcomes: Vec<(TxnId, TxnOutcome, Origin)>,
     attempt: u64,
 }
 
-fn stage(account: &str, page: &PageWrite, writes: Writes<'_>, staged: &mut Staged) {
+fn stage(account: &str, page: &PageWrite, writes: Writes, staged: &mut Staged) {
     if let (Some(first), Some(last), Some(bytes)) =
         (page.events.first(), page.events.last(), writes.page)
     {
         staged
             .events
-            .insert(event_key(account, first.version), bytes.to_vec());
+            .insert(event_key(account, first.version), bytes);
         if !staged.before.contains_key(account) {
             staged.before.insert(account.to_owned(), first.version - 1);
         }

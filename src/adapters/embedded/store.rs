@@ -485,8 +485,7 @@ impl EventStore for EmbeddedStore {
         Ok((tip, self.outcome_in(&tx, account, txns)?))
     }
 
-    /// Every load in one read transaction, with the tables opened and the txn index locked
-    /// once (the default opens a transaction per account: most of an ingest window's
+    /// Every load in one read transaction, with the tables opened once (the default opens a transaction per account: most of an ingest window's
     /// deciding time went there); a `known` tip is handed back instead of read again.
     async fn load_many(&self, loads: Vec<Load>) -> Vec<Result<Loaded, StoreError>> {
         let run = || -> Result<Vec<Result<Loaded, StoreError>>, StoreError> {
@@ -494,7 +493,6 @@ impl EventStore for EmbeddedStore {
             let tips = tx.open_table(TIPS).map_err(unavailable)?;
             let view = page_view(&tx)?;
             let refusals = tx.open_table(REFUSALS).map_err(unavailable)?;
-            let index = read_index(&self.index);
             let one = |l: &Load| -> Result<Loaded, StoreError> {
                 let account = l.account.as_str();
                 let (tip, fresh) = match l.known {
@@ -507,7 +505,15 @@ impl EventStore for EmbeddedStore {
                 Ok(Loaded {
                     tip,
                     fresh,
-                    outcomes: outcomes_of(&index, &view, &refusals, account, &l.txns)?,
+                    // The index is locked per account, not for the whole call: the writer
+                    // waits for it after each commit, and every reader waits behind the writer.
+                    outcomes: outcomes_of(
+                        &read_index(&self.index),
+                        &view,
+                        &refusals,
+                        account,
+                        &l.txns,
+                    )?,
                 })
             };
             Ok(loads.iter().map(one).collect())
