@@ -838,7 +838,7 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
     }
     let err = EmbeddedStore::open(&dir).err().expect("refused");
     assert!(err.to_string().contains("store layout 1"), "{err}");
-    // Layout 3 (pages keyed by account) names itself in its meta table.
+    // Layout 2 (before the attempt prefix) is refused by name too.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     {
@@ -846,12 +846,91 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
         let tx = db.begin_write().unwrap();
         {
             let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-            tx.open_table(def).unwrap().insert("layout", 3).unwrap();
+            tx.open_table(def).unwrap().insert("layout", 2).unwrap();
         }
         tx.commit().unwrap();
     }
     let err = EmbeddedStore::open(&dir).err().expect("refused");
-    assert!(err.to_string().contains("store layout 3"), "{err}");
+    assert!(err.to_string().contains("store layout 2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A data dir of layout 3 (pages keyed by account) is upgraded when opened: its pages read
+/// back, its ids keep their outcomes, appends continue, and it opens again as layout 4.
+#[tokio::test]
+async fn embedded_a_layout_3_data_dir_is_upgraded_in_place() {
+    let dir = std::env::temp_dir().join(format!("tally-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let acct = AccountId::new("up").unwrap();
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            tx.open_table(meta).unwrap().insert("layout", 3).unwrap();
+            let events: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+            let mut events = tx.open_table(events).unwrap();
+            let pages = [
+                vec![deposit(1, "u1", 100, 100), deposit(2, "u2", 5, 105)],
+                vec![deposit(3, "u3", 1, 106)],
+            ];
+            for page in &pages {
+                let mut key = b"up\0".to_vec();
+                key.extend_from_slice(&page[0].version.to_be_bytes());
+                let mut value = ATTEMPT.to_le_bytes().to_vec();
+                value.extend_from_slice(&tally::codec::encode_events(&acct, page).unwrap());
+                events.insert(key.as_slice(), value.as_slice()).unwrap();
+            }
+            let tips: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tips");
+            let tip = tally::codec::stored::encode_tip(&AccountState::after(&pages[1][0]));
+            tx.open_table(tips)
+                .unwrap()
+                .insert("up", tip.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    {
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let versions: Vec<u64> = store
+            .read(&acct, 1, 9)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(store.indexed_txns(), 3);
+        assert!(matches!(
+            store.txn(&acct, &txn("u2")).await.unwrap(),
+            Some(TxnOutcome::Booked { .. })
+        ));
+        let again = events(vec![deposit(4, "u2", 5, 111)]);
+        assert_eq!(
+            store.append(vec![append(&acct, 3, vec![again])]).await,
+            vec![stopped(0, AppendError::DuplicateTxn(txn("u2")))]
+        );
+        let next = events(vec![deposit(4, "u4", 5, 111)]);
+        assert_eq!(
+            store.append(vec![append(&acct, 3, vec![next])]).await,
+            vec![ok(1)]
+        );
+    }
+    {
+        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+        let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let names: Vec<String> = tx
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n == "events"), "{names:?}");
+    }
+    let store = EmbeddedStore::open(&dir).unwrap();
+    assert_eq!(store.tip(&acct).await.unwrap().version, 4);
+    assert_eq!(store.read(&acct, 2, 4).await.unwrap().len(), 3);
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -237,6 +237,32 @@ fn build_index(db: &Database) -> Result<TxnIndex, StoreError> {
     Ok(index)
 }
 
+/// Layout 3 kept pages keyed `account NUL first version`, with the same values (attempt,
+/// then the encoded page): each goes under the next sequence number, in key order, with its
+/// directory row, and the old table is deleted, all in the opening transaction (a crash
+/// leaves layout 3 to upgrade again).
+fn upgrade_from_3(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let legacy: TableDefinition<&[u8], &[u8]> = TableDefinition::new(LEGACY_EVENTS);
+    let mut moved = 0u64;
+    {
+        let old = tx.open_table(legacy).map_err(unavailable)?;
+        let mut pages = tx.open_table(PAGES).map_err(unavailable)?;
+        let mut dir = tx.open_table(PAGE_DIR).map_err(unavailable)?;
+        for entry in old.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            moved += 1;
+            dir.insert(key.value(), moved).map_err(unavailable)?;
+            pages.insert(moved, value.value()).map_err(unavailable)?;
+        }
+    }
+    tx.delete_table(legacy).map_err(unavailable)?;
+    tracing::info!(
+        pages = moved,
+        "upgraded the data dir from store layout 3 to {LAYOUT}"
+    );
+    Ok(())
+}
+
 /// redb's page cache: bounded so memory stays flat however large the ledger grows.
 const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
@@ -308,6 +334,11 @@ impl EmbeddedStore {
             match layout {
                 Some(LAYOUT) => {}
                 None if !legacy && pages.is_empty().map_err(unavailable)? => {
+                    meta.insert("layout", LAYOUT).map_err(unavailable)?;
+                }
+                Some(3) if legacy => {
+                    drop(pages);
+                    upgrade_from_3(&tx)?;
                     meta.insert("layout", LAYOUT).map_err(unavailable)?;
                 }
                 other => {
