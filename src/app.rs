@@ -118,8 +118,10 @@ impl Embedded {
 
     /// The HTTP API over this instance.
     pub fn router(&self) -> axum::Router {
+        // Concurrent bulk bodies are merged into shared calls: bodies that share accounts
+        // would otherwise wait for each other, one body per durable commit.
         crate::http::router(Arc::new(crate::http::Api {
-            commands: self.commands.clone(),
+            commands: self.commands.clone().with_coalescing(),
             query: self.query.clone(),
             metrics: self.metrics.clone(),
         }))

@@ -153,7 +153,17 @@ pub struct CommandService<S, P> {
     tips: Arc<Tips>,
     turns: Arc<Turns>,
     accounts_per_call: usize,
+    /// Where single-part calls of [`Self::submit_chunks_spread`] go to be merged with
+    /// concurrent ones ([`Self::with_coalescing`]).
+    coalesce: Option<tokio::sync::mpsc::UnboundedSender<Coalesced>>,
 }
+
+/// One call waiting to be merged with others: its chunks and where its outcomes go.
+type Coalesced = (Vec<AccountChunk>, tokio::sync::oneshot::Sender<Submitted>);
+
+/// Most commands merged into one call by [`CommandService::with_coalescing`]: an ingest
+/// window's worth.
+pub const COALESCED_COMMANDS_MAX: usize = 65_536;
 
 /// Clones share the store, the publisher and the caches (no `S: Clone` needed).
 impl<S, P> Clone for CommandService<S, P> {
@@ -169,6 +179,7 @@ impl<S, P> Clone for CommandService<S, P> {
             tips: self.tips.clone(),
             turns: self.turns.clone(),
             accounts_per_call: self.accounts_per_call,
+            coalesce: self.coalesce.clone(),
         }
     }
 }
@@ -268,6 +279,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             tips: Arc::default(),
             turns: Arc::default(),
             accounts_per_call: usize::MAX,
+            coalesce: None,
         }
     }
 
@@ -651,7 +663,10 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
     /// (cut again by [`Self::with_accounts_per_call`] if set); one part is `submit_chunks`.
     pub async fn submit_chunks_spread(&self, chunks: Vec<AccountChunk>, parts: usize) -> Submitted {
         if parts <= 1 {
-            return self.submit_chunks(chunks).await;
+            return match &self.coalesce {
+                Some(queue) => coalesced(queue, chunks).await,
+                None => self.submit_chunks(chunks).await,
+            };
         }
         let held = Arc::new(self.turns.take(chunks.iter().map(|c| &c.account)).await);
         let n = chunks.len();
@@ -689,6 +704,105 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
             all.error = all.error.or(part.error);
         }
         all
+    }
+}
+
+impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
+    /// Merges concurrent single-part calls of [`Self::submit_chunks_spread`] (HTTP bulk
+    /// bodies) into one call, in arrival order, up to [`COALESCED_COMMANDS_MAX`] commands:
+    /// bodies that share accounts otherwise wait for each other's turns, one body per
+    /// durable commit. A merged call decides an account's commands in arrival order, so
+    /// each caller gets the outcomes it would get had the calls run one after another in
+    /// that order (a txn id in two merged bodies: the first books it, the second is its
+    /// duplicate). Spawns the task that merges (call inside a Tokio runtime); it ends when
+    /// the last clone of the service is dropped.
+    pub fn with_coalescing(mut self) -> Self {
+        let (queue, calls) = tokio::sync::mpsc::unbounded_channel();
+        let mut merger = self.clone();
+        merger.coalesce = None;
+        tokio::spawn(merge_calls(merger, calls));
+        self.coalesce = Some(queue);
+        self
+    }
+}
+
+async fn coalesced(
+    queue: &tokio::sync::mpsc::UnboundedSender<Coalesced>,
+    chunks: Vec<AccountChunk>,
+) -> Submitted {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let gone = || Submitted {
+        outcomes: Vec::new(),
+        error: Some(CommandError::Store(StoreError::Unavailable(
+            "the bulk merging task stopped".into(),
+        ))),
+    };
+    if queue.send((chunks, reply)).is_err() {
+        return gone();
+    }
+    answer.await.unwrap_or_else(|_| gone())
+}
+
+/// Takes the calls waiting, merges them, books them in one call (spread over slices when
+/// large), and answers each with its own part.
+async fn merge_calls<S: EventStore, P: EventPublisher>(
+    service: CommandService<S, P>,
+    mut calls: tokio::sync::mpsc::UnboundedReceiver<Coalesced>,
+) {
+    while let Some(first) = calls.recv().await {
+        let commands = |c: &Coalesced| c.0.iter().map(|c| c.commands.len()).sum::<usize>();
+        let mut size = commands(&first);
+        let mut batch = vec![first];
+        while size < COALESCED_COMMANDS_MAX {
+            match calls.try_recv() {
+                Ok(call) => {
+                    size += commands(&call);
+                    batch.push(call);
+                }
+                Err(_) => break,
+            }
+        }
+        // Each call's chunk `c` is merged chunk `at`, commands `from..from + len`.
+        let mut merged: Vec<AccountChunk> = Vec::new();
+        let mut index: HashMap<AccountId, usize> = HashMap::new();
+        let mut places: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (chunks, reply) in batch {
+            let mut mine = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
+                let at = *index.entry(chunk.account.clone()).or_insert_with(|| {
+                    merged.push(AccountChunk {
+                        account: chunk.account.clone(),
+                        commands: Vec::new(),
+                    });
+                    merged.len() - 1
+                });
+                let from = merged[at].commands.len();
+                mine.push((at, from, chunk.commands.len()));
+                merged[at].commands.extend(chunk.commands);
+            }
+            places.push(mine);
+            replies.push(reply);
+        }
+        let parts = (size / crate::service::ingest::PART_ROWS_MIN)
+            .clamp(1, crate::service::ingest::INGEST_PARTS);
+        let submitted = Box::pin(service.submit_chunks_spread(merged, parts)).await;
+        for (mine, reply) in places.into_iter().zip(replies) {
+            let mut complete = true;
+            let outcomes: Vec<Vec<CommandOutcome>> = mine
+                .iter()
+                .map(|&(at, from, len)| {
+                    let have = submitted.outcomes.get(at).map_or(&[][..], |o| &o[..]);
+                    let part = have.get(from..).unwrap_or_default();
+                    let part = &part[..len.min(part.len())];
+                    complete &= part.len() == len;
+                    part.to_vec()
+                })
+                .collect();
+            // The failure is this call's only if some of its commands have no outcome.
+            let error = submitted.error.clone().filter(|_| !complete);
+            let _ = reply.send(Submitted { outcomes, error }); // a caller that left
+        }
     }
 }
 

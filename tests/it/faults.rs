@@ -661,6 +661,43 @@ where
     assert_verified(&store, 1, 40).await;
 }
 
+/// Merged bulk calls (`with_coalescing`) fail apart: an account whose append fails stops
+/// the call that brought it, while a call whose commands all have outcomes is answered
+/// without an error.
+#[tokio::test] // one thread: both calls are queued before the merging task takes them
+async fn a_merged_call_fails_only_for_the_caller_whose_commands_have_no_outcome() {
+    let store = Flaky::new(embedded());
+    let service = commands(store.clone(), Recorder::default()).with_coalescing();
+    let chunk = |account: &str, id: &str| AccountChunk {
+        account: AccountId::new(account).unwrap(),
+        commands: vec![Command::Deposit {
+            txn_id: TxnId::new(id).unwrap(),
+            amount: Money(10),
+            occurred_at: at(),
+        }],
+    };
+    *store.faults.only.lock().unwrap() = Some("bad".into());
+    store.faults.corrupt_append.store(1, Ordering::SeqCst);
+    let (a, b) = tokio::join!(
+        service.submit_chunks_spread(vec![chunk("ok1", "a1"), chunk("bad", "a2")], 1),
+        service.submit_chunks_spread(vec![chunk("ok2", "b1")], 1)
+    );
+    assert_eq!(store.faults.injected(), 1);
+    assert!(a.error.is_some(), "{a:?}");
+    assert!(
+        matches!(a.outcomes[0][..], [CommandOutcome::Booked(_)]),
+        "{a:?}"
+    );
+    assert!(a.outcomes.get(1).is_none_or(|o| o.is_empty()), "{a:?}");
+    assert!(b.error.is_none(), "{b:?}");
+    assert!(
+        matches!(b.outcomes[0][..], [CommandOutcome::Booked(_)]),
+        "{b:?}"
+    );
+    assert_eq!(balance(&store.inner, "ok2").await, (1, 10));
+    assert_eq!(balance(&store.inner, "bad").await, (0, 0));
+}
+
 /// Over a real socket: a throttled backend is a 503 with a JSON body and `Retry-After`, on
 /// single commands and bulk files alike, and the resubmission books the rest.
 #[tokio::test]

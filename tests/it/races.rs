@@ -360,3 +360,63 @@ async fn spread_chunks_answer_in_the_callers_order() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bulk calls that arrive together are merged into one call (one append, one commit) and
+/// answered as if they ran one after the other in arrival order: an account's commands in
+/// call order (a withdrawal of the second call spends a deposit of the first), an id in
+/// both calls booked by the first and the second's duplicate, an id reused with another
+/// amount refused in the second only, and each caller's outcomes at its own chunks' places.
+#[tokio::test] // one thread: both calls are queued before the merging task takes them
+async fn bulk_calls_that_arrive_together_are_merged_and_answered_in_arrival_order() {
+    use tally::service::command::CommandOutcome;
+    let store = EmbeddedStore::in_memory().unwrap();
+    let service = unpublished(&store).with_coalescing();
+    let at = Timestamp::from_millis(1_793_523_600_000).unwrap();
+    let deposit = |id: &str, amount: i64| Command::Deposit {
+        txn_id: TxnId::new(id).unwrap(),
+        amount: Money(amount),
+        occurred_at: at,
+    };
+    let chunk = |account: &str, commands: Vec<Command>| AccountChunk {
+        account: AccountId::new(account).unwrap(),
+        commands,
+    };
+    let first = vec![
+        chunk("m1", vec![deposit("d1", 100), deposit("same", 5)]),
+        chunk("m2", vec![deposit("e1", 7)]),
+    ];
+    let withdraw = Command::Withdraw {
+        txn_id: TxnId::new("w1").unwrap(),
+        amount: Money(100),
+        occurred_at: at,
+    };
+    let second = vec![
+        chunk("m3", vec![deposit("f1", 1)]),
+        chunk("m1", vec![withdraw, deposit("same", 5), deposit("d1", 99)]),
+    ];
+    let (a, b) = tokio::join!(
+        service.submit_chunks_spread(first, 1),
+        service.submit_chunks_spread(second, 1)
+    );
+    let (a, b) = (a.into_result().unwrap(), b.into_result().unwrap());
+    let booked = |o: &CommandOutcome, id: &str, version: u64| matches!(o, CommandOutcome::Booked(e) if e.txn_id.as_str() == id && e.version == version);
+    assert_eq!(a.len(), 2);
+    assert!(
+        booked(&a[0][0], "d1", 1) && booked(&a[0][1], "same", 2),
+        "{a:?}"
+    );
+    assert!(a[0].len() == 2 && booked(&a[1][0], "e1", 1), "{a:?}");
+    assert_eq!(b.len(), 2);
+    assert!(b[0].len() == 1 && booked(&b[0][0], "f1", 1), "{b:?}");
+    assert_eq!(b[1].len(), 3, "{b:?}");
+    assert!(
+        booked(&b[1][0], "w1", 3),
+        "the withdrawal came after the deposits: {b:?}"
+    );
+    assert!(
+        matches!(&b[1][1], CommandOutcome::Duplicate(e) if e.version == 2),
+        "{b:?}"
+    );
+    assert!(matches!(&b[1][2], CommandOutcome::Reused { .. }), "{b:?}");
+    assert_eq!(store.commit_counts(), (1, 1), "one append call, one commit");
+}
