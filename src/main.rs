@@ -242,6 +242,7 @@ fn ingest_args(
         rejects,
         format,
         wait_projected: wait_projected.map(Duration::from_secs),
+        window_rows: tally::service::ingest::INGEST_WINDOW_ROWS,
     }
 }
 
@@ -371,7 +372,11 @@ async fn on_aws(cmd: Cmd, config: &Config, aws: &AwsSettings) -> Result<ExitCode
             format,
             wait_projected,
         } => {
-            let args = ingest_args(file, rejects, format, wait_projected);
+            let args = IngestArgs {
+                // A window on AWS takes about a minute: Ctrl-C stops at the next one.
+                window_rows: tally::service::ingest::AWS_INGEST_WINDOW_ROWS,
+                ..ingest_args(file, rejects, format, wait_projected)
+            };
             tally::cli::ingest::run(&args, &app.commands(), &app.query(), async || {}).await
         }
         Cmd::Balance { account, at, json } => {

@@ -44,6 +44,8 @@ pub struct IngestArgs {
     pub format: Option<String>,
     /// Wait at most this long, after booking, until every booked event is projected.
     pub wait_projected: Option<Duration>,
+    /// Rows per window (see `service::ingest::INGEST_WINDOW_ROWS`).
+    pub window_rows: usize,
 }
 
 /// Counts the bytes the row reader has consumed, for the progress bar.
@@ -148,6 +150,7 @@ where
     let follow = args.wait_projected.is_some();
     let result = ingest_with(
         ReadAhead::Thread,
+        args.window_rows,
         rows,
         commands,
         &mut rejects,

@@ -8,7 +8,9 @@ use crate::codec::rows::{Format, RowError, RowReader};
 use crate::domain::{AccountId, Command};
 use crate::ports::{EventPublisher, EventStore};
 use crate::service::command::{CommandError, CommandOutcome, CommandService, Submitted};
-use crate::service::ingest::{IngestError, IngestSummary, ReadAhead, Rejects, ingest_with};
+use crate::service::ingest::{
+    INGEST_WINDOW_ROWS, IngestError, IngestSummary, ReadAhead, Rejects, ingest_with,
+};
 use crate::sim::history::{Attempt, Outcome, Violation};
 use crate::sim::workload::Op;
 
@@ -181,7 +183,18 @@ pub(crate) async fn run_op<S: EventStore, P: EventPublisher>(
                 }
             };
             let read = ReadAhead::Inline; // a reader thread would not replay
-            Answer::Ingest(ingest_with(read, rows, commands, &mut rejects, |_| {}, || false).await)
+            Answer::Ingest(
+                ingest_with(
+                    read,
+                    INGEST_WINDOW_ROWS,
+                    rows,
+                    commands,
+                    &mut rejects,
+                    |_| {},
+                    || false,
+                )
+                .await,
+            )
         }
     }
 }

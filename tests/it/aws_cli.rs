@@ -279,13 +279,16 @@ fn the_policy_is_configured_by_flag_or_variable() {
 fn an_interrupted_ingest_says_where_it_stopped_and_a_rerun_completes_it() {
     let dir = temp_dir("interrupt");
     let file = dir.join("w.csv");
+    // One whole window, then some: the interrupt lands in the first.
+    let window = tally::service::ingest::INGEST_WINDOW_ROWS;
+    let rows = (window + 50_000).to_string();
     let status = tally()
         .args([
             "gen",
             "--accounts",
             "2000",
             "--transactions",
-            "200000",
+            rows.as_str(),
             "--seed",
             "5",
         ])
@@ -330,14 +333,14 @@ fn an_interrupted_ingest_says_where_it_stopped_and_a_rerun_completes_it() {
     );
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(
-        stderr.contains("interrupted before line 65538;"),
+        stderr.contains(&format!("interrupted before line {};", window + 2)),
         "{stderr}"
     );
-    assert!(stdout.contains("65536 rows,"), "{stdout}");
+    assert!(stdout.contains(&format!("{window} rows,")), "{stdout}");
     let first = accepted(&stdout);
     let again = ingest("db").output().unwrap();
     let again = String::from_utf8_lossy(&again.stdout).into_owned();
-    assert!(again.contains("200000 rows,"), "{again}");
+    assert!(again.contains(&format!("{rows} rows,")), "{again}");
     let whole = ingest("clean").output().unwrap();
     let whole = String::from_utf8_lossy(&whole.stdout).into_owned();
     assert_eq!(

@@ -97,7 +97,7 @@ async fn concurrent_bulk_requests_on_the_same_accounts_book_everything_once() {
 }
 
 /// 70,000 valid NDJSON rows, then a line that is not UTF-8, then one more row. Before the fix
-/// the answer was a 422 "nothing happened" while the first 65,536 rows had been booked. Now
+/// the answer was a 422 "nothing happened" while the first window's rows had been booked. Now
 /// the bad line is an invalid row like any other and the rest goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_body_with_an_undecodable_line_reports_it_as_a_row_and_books_the_rest() {
