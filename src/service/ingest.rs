@@ -20,8 +20,10 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 /// Rows read before a window is grouped and submitted: bounds memory, and is large enough
 /// that one store transaction carries many accounts. Each slice's commit rewrites the
 /// directory and tip leaves of its key range whatever its size, so fewer, larger windows
-/// cost less per row: 262,144 rows ingest 1.5x as fast as 65,536 (~140 MB more memory).
-pub const INGEST_WINDOW_ROWS: usize = 262_144;
+/// cost less per row: 131,072 rows ingest ~1.25x as fast as 65,536 for ~50 MB more memory.
+/// 262,144 was faster still on many accounts but slower on one hot account (its rows stay
+/// in one slice) and ~250 MB heavier (BENCHMARKS.md).
+pub const INGEST_WINDOW_ROWS: usize = 131_072;
 
 /// Rows per window of `tally ingest --backend aws`: a window there takes about a minute,
 /// and an interrupted ingest stops at the end of one.
