@@ -25,6 +25,9 @@ use crate::service::command::{AccountChunk, CommandError, CommandOutcome, Comman
 /// in one slice) and ~250 MB heavier (BENCHMARKS.md).
 pub const INGEST_WINDOW_ROWS: usize = 131_072;
 
+/// Rows reserved up front for a window (it grows past them as rows come).
+const ROWS_RESERVED_MAX: usize = 8_192;
+
 /// Rows per window of `tally ingest --backend aws`: a window there takes about a minute,
 /// and an interrupted ingest stops at the end of one.
 pub const AWS_INGEST_WINDOW_ROWS: usize = 65_536;
@@ -163,7 +166,8 @@ impl<R: Read> Iterator for Windows<R> {
             return None;
         }
         let mut window = Window {
-            rows: Vec::with_capacity(self.window_rows.min(INGEST_WINDOW_ROWS)),
+            // Grown as rows come: a small body or file reserves little.
+            rows: Vec::with_capacity(self.window_rows.min(ROWS_RESERVED_MAX)),
             invalid: Vec::new(),
             fatal: None,
         };
@@ -290,10 +294,9 @@ where
     .await
 }
 
-/// [`ingest`], choosing where windows are read and how many rows each has (at most
-/// [`INGEST_WINDOW_ROWS`] are reserved up front), and stopping between two windows once
-/// `stop` says so: every row read until then has its outcome, and the error names the first
-/// line not read ([`StopCause::Interrupted`]).
+/// [`ingest`], choosing where windows are read and how many rows each has, and stopping
+/// between two windows once `stop` says so: every row read until then has its outcome, and
+/// the error names the first line not read ([`StopCause::Interrupted`]).
 pub async fn ingest_with<R, S, P, W>(
     read_ahead: ReadAhead,
     window_rows: usize,
