@@ -784,8 +784,7 @@ async fn merge_calls<S: EventStore, P: EventPublisher>(
             places.push(mine);
             replies.push(reply);
         }
-        let parts = (size / crate::service::ingest::PART_ROWS_MIN)
-            .clamp(1, crate::service::ingest::INGEST_PARTS);
+        let parts = crate::service::ingest::parts_for(size);
         let submitted = Box::pin(service.submit_chunks_spread(merged, parts)).await;
         for (mine, reply) in places.into_iter().zip(replies) {
             let mut complete = true;

@@ -37,8 +37,14 @@ pub const AWS_INGEST_WINDOW_ROWS: usize = 65_536;
 pub const INGEST_PARTS: usize = 4;
 
 /// Fewest rows worth a slice of their own: a smaller window (an HTTP bulk body of 1,000
-/// rows) goes in one call, as concurrent requests already share commits.
+/// rows) goes in one call, which the server merges with the bodies arriving beside it.
 pub const PART_ROWS_MIN: usize = 4_096;
+
+/// The slices `rows` commands are booked in: one per [`PART_ROWS_MIN`], at most
+/// [`INGEST_PARTS`].
+pub fn parts_for(rows: usize) -> usize {
+    (rows / PART_ROWS_MIN).clamp(1, INGEST_PARTS)
+}
 
 /// What an ingestion did, row by row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -340,7 +346,7 @@ where
             .map(|r| r.line)
             .max(window.invalid.last().map(|e| e.line));
         let parts = match read_ahead {
-            ReadAhead::Thread => (window.rows.len() / PART_ROWS_MIN).clamp(1, INGEST_PARTS),
+            ReadAhead::Thread => parts_for(window.rows.len()),
             ReadAhead::Inline => INGEST_PARTS,
         };
         match submit_window(window.rows, parts, service, rejects, &mut summary).await {

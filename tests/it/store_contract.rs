@@ -194,14 +194,11 @@ pub async fn conditions_tell_conflicts_duplicates_and_reversed_targets_apart<S: 
         }),
         "the outcome carries the whole event"
     );
-    let read: Vec<u64> = store
-        .read(&acct, 2, 4)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(read, [2, 3, 4], "a range read spans pages");
+    assert_eq!(
+        read_versions(&store, &acct, 2, 4).await,
+        [2, 3, 4],
+        "a range read spans pages"
+    );
     assert_eq!(store.accounts(None, 10).await.unwrap(), vec![(acct, 5)]);
 }
 
@@ -818,38 +815,46 @@ async fn embedded_outcomes_survive_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The versions `read` returns for `from..=to`.
+async fn read_versions<S: EventStore>(
+    store: &S,
+    account: &AccountId,
+    from: u64,
+    to: u64,
+) -> Vec<u64> {
+    let events = store.read(account, from, to).await.unwrap();
+    events.iter().map(|e| e.version).collect()
+}
+
+/// A fresh `dir` holding a bare redb file written by `fill`: a data dir as another layout
+/// left it.
+fn raw_data_dir(dir: &std::path::Path, fill: impl FnOnce(&redb::WriteTransaction)) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let db = redb::Database::create(dir.join("tally.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    fill(&tx);
+    tx.commit().unwrap();
+}
+
 /// A data dir written by an older layout (a row per booked txn id) is refused by name rather
 /// than read wrongly.
 #[test]
 fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
     let dir = std::env::temp_dir().join(format!("tally-layout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    {
-        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
-            let mut t = tx.open_table(def).unwrap();
-            t.insert(b"a\0\0\0\0\0\0\0\0\x01".as_slice(), b"x".as_slice())
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    raw_data_dir(&dir, |tx| {
+        let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+        let mut t = tx.open_table(def).unwrap();
+        t.insert(b"a\0\0\0\0\0\0\0\0\x01".as_slice(), b"x".as_slice())
+            .unwrap();
+    });
     let err = EmbeddedStore::open(&dir).err().expect("refused");
     assert!(err.to_string().contains("store layout 1"), "{err}");
     // Layout 2 (before the attempt prefix) is refused by name too.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    {
-        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-            tx.open_table(def).unwrap().insert("layout", 2).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    raw_data_dir(&dir, |tx| {
+        let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        tx.open_table(def).unwrap().insert("layout", 2).unwrap();
+    });
     let err = EmbeddedStore::open(&dir).err().expect("refused");
     assert!(err.to_string().contains("store layout 2"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -860,47 +865,33 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
 #[tokio::test]
 async fn embedded_a_layout_3_data_dir_is_upgraded_in_place() {
     let dir = std::env::temp_dir().join(format!("tally-upgrade-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let acct = AccountId::new("up").unwrap();
-    {
-        let db = redb::Database::create(dir.join("tally.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-            tx.open_table(meta).unwrap().insert("layout", 3).unwrap();
-            let events: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
-            let mut events = tx.open_table(events).unwrap();
-            let pages = [
-                vec![deposit(1, "u1", 100, 100), deposit(2, "u2", 5, 105)],
-                vec![deposit(3, "u3", 1, 106)],
-            ];
-            for page in &pages {
-                let mut key = b"up\0".to_vec();
-                key.extend_from_slice(&page[0].version.to_be_bytes());
-                let mut value = ATTEMPT.to_le_bytes().to_vec();
-                value.extend_from_slice(&tally::codec::encode_events(&acct, page).unwrap());
-                events.insert(key.as_slice(), value.as_slice()).unwrap();
-            }
-            let tips: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tips");
-            let tip = tally::codec::stored::encode_tip(&AccountState::after(&pages[1][0]));
-            tx.open_table(tips)
-                .unwrap()
-                .insert("up", tip.as_slice())
-                .unwrap();
+    raw_data_dir(&dir, |tx| {
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        tx.open_table(meta).unwrap().insert("layout", 3).unwrap();
+        let events: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+        let mut events = tx.open_table(events).unwrap();
+        let pages = [
+            vec![deposit(1, "u1", 100, 100), deposit(2, "u2", 5, 105)],
+            vec![deposit(3, "u3", 1, 106)],
+        ];
+        for page in &pages {
+            let mut key = b"up\0".to_vec();
+            key.extend_from_slice(&page[0].version.to_be_bytes());
+            let mut value = ATTEMPT.to_le_bytes().to_vec();
+            value.extend_from_slice(&tally::codec::encode_events(&acct, page).unwrap());
+            events.insert(key.as_slice(), value.as_slice()).unwrap();
         }
-        tx.commit().unwrap();
-    }
+        let tips: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tips");
+        let tip = tally::codec::stored::encode_tip(&AccountState::after(&pages[1][0]));
+        tx.open_table(tips)
+            .unwrap()
+            .insert("up", tip.as_slice())
+            .unwrap();
+    });
     {
         let store = EmbeddedStore::open(&dir).unwrap();
-        let versions: Vec<u64> = store
-            .read(&acct, 1, 9)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(read_versions(&store, &acct, 1, 9).await, [1, 2, 3]);
         assert_eq!(store.indexed_txns(), 3);
         assert!(matches!(
             store.txn(&acct, &txn("u2")).await.unwrap(),
@@ -994,21 +985,17 @@ async fn embedded_pages_are_stored_in_commit_order_and_read_back_by_account() {
         assert_eq!(stored, expected);
     }
     let store = EmbeddedStore::open(&dir).unwrap();
-    let versions = |events: Vec<Event>| events.iter().map(|e| e.version).collect::<Vec<_>>();
-    assert_eq!(versions(store.read(&a, 1, 4).await.unwrap()), [1, 2, 3, 4]);
-    assert_eq!(versions(store.read(&a, 3, 9).await.unwrap()), [3, 4]);
-    assert_eq!(versions(store.read(&b, 2, 3).await.unwrap()), [2, 3]);
-    assert_eq!(
-        versions(store.read(&b, 4, 9).await.unwrap()),
-        Vec::<u64>::new()
-    );
+    assert_eq!(read_versions(&store, &a, 1, 4).await, [1, 2, 3, 4]);
+    assert_eq!(read_versions(&store, &a, 3, 9).await, [3, 4]);
+    assert_eq!(read_versions(&store, &b, 2, 3).await, [2, 3]);
+    assert_eq!(read_versions(&store, &b, 4, 9).await, Vec::<u64>::new());
     // The next commit continues the sequence after a restart, and the ids stay known.
     let a5 = events(vec![deposit(5, "a5", 1, 5)]);
     assert_eq!(
         store.append(vec![append(&a, 4, vec![a5])]).await,
         vec![ok(1)]
     );
-    assert_eq!(versions(store.read(&a, 4, 5).await.unwrap()), [4, 5]);
+    assert_eq!(read_versions(&store, &a, 4, 5).await, [4, 5]);
     let again = events(vec![deposit(6, "b1", 1, 6)]);
     assert_eq!(
         store.append(vec![append(&a, 5, vec![again.clone()])]).await,

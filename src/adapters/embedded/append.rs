@@ -26,7 +26,7 @@ use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
 
 /// The tables a group reads and writes, open in one write transaction.
 struct Tables<'t> {
-    pages: PageView<Table<'t, u64>, redb::Table<'t, &'static [u8], u64>>,
+    pages: WriteView<'t>,
     refusals: Table<'t, &'static [u8]>,
     tips: Table<'t, &'static str>,
 }
@@ -181,7 +181,7 @@ impl Staged {
 /// ones included, are already in `pages`).
 fn summarize_completed(
     staged: &Staged,
-    pages: &PageView<Table<'_, u64>, redb::Table<'_, &'static [u8], u64>>,
+    pages: &WriteView<'_>,
     segments: &mut Table<&'static [u8]>,
 ) -> Result<(), StoreError> {
     for (account, tip) in &staged.tips {
@@ -202,6 +202,9 @@ fn summarize_completed(
 }
 
 type Table<'t, K> = redb::Table<'t, K, &'static [u8]>;
+
+/// The pages and their directory as the write transaction sees them.
+type WriteView<'t> = PageView<Table<'t, u64>, redb::Table<'t, &'static [u8], u64>>;
 
 /// One account's pages, in order, stopping at the first that fails.
 fn append_account(
