@@ -7,7 +7,7 @@
 use std::future::Future;
 
 use crate::domain::{
-    AccountId, AccountState, Event, Refusal, Segment, Snapshot, TxnId, TxnOutcome,
+    AccountId, AccountState, Event, Refusal, Segment, Snapshot, Timestamp, TxnId, TxnOutcome,
 };
 
 /// Accounts [`EventStore::load_many`] reads concurrently by default.
@@ -36,6 +36,10 @@ pub struct Append {
     /// page from another attempt (two callers deciding the same thing in the same
     /// millisecond) is a conflict, so only one of them is told it booked.
     pub attempt: u64,
+    /// When the caller decided these pages (ledger time; every retry of the attempt carries
+    /// the same). With an operator's marker TTL, a page of refusals only counts its markers'
+    /// lifetime from it, so a retry is the very request DynamoDB may have committed already.
+    pub decided_at: Timestamp,
 }
 
 /// One conditional write of an account: consecutive events (versions continuing the previous

@@ -197,17 +197,20 @@ struct Plan {
     starts: Vec<usize>,
     /// This plan's attempt (see `Append::attempt`): every retry of its pages carries it.
     attempt: u64,
+    /// When it was decided (`Append::decided_at`).
+    decided_at: Timestamp,
 }
 
 impl Plan {
     /// Cuts decisions into pages of at most [`PAGE_EVENTS_MAX`] entries, in order.
-    fn new(decisions: Vec<Decision>, tip_version: u64) -> Plan {
+    fn new(decisions: Vec<Decision>, tip_version: u64, decided_at: Timestamp) -> Plan {
         let mut plan = Plan {
             decisions: Vec::new(),
             pages: Vec::new(),
             expected: Vec::new(),
             starts: Vec::new(),
             attempt: crate::entropy::next_u64() | 1,
+            decided_at,
         };
         let mut version = tip_version;
         for (i, d) in decisions.iter().enumerate() {
@@ -508,6 +511,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     expected_version: plan.expected.first().copied().unwrap_or(0),
                     pages: plan.pages.clone(),
                     attempt: plan.attempt,
+                    decided_at: plan.decided_at,
                 })
             })
             .collect();
@@ -612,7 +616,7 @@ impl<S: EventStore, P: EventPublisher> CommandService<S, P> {
                     .collect();
                 let commands = &chunks[i].commands[done[i].len()..];
                 let (decisions, _) = decide_run(l.tip, &mut outcomes, commands, now, &self.policy);
-                Ok((l.fresh, Plan::new(decisions, l.tip.version)))
+                Ok((l.fresh, Plan::new(decisions, l.tip.version, now)))
             })
             .collect()
     }

@@ -240,6 +240,7 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
             refusals: vec![],
         }],
         attempt: store_contract::ATTEMPT,
+        decided_at: at(),
     };
     assert_eq!(store.append(vec![booked]).await[0].error, None);
     assert_eq!(store.txn(&acct, &txn("d1")).await.unwrap(), None);
@@ -266,6 +267,7 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
                 refusals: vec![],
             }],
             attempt: store_contract::ATTEMPT,
+            decided_at: Timestamp::from_millis(1_900_000_000_000).unwrap(),
         }])
         .await;
     assert_eq!(
@@ -283,9 +285,46 @@ async fn dynamodb_an_expired_marker_counts_as_deleted_before_dynamodb_removes_it
             refusals: vec![],
         }],
         attempt: store_contract::ATTEMPT,
+        decided_at: Timestamp::from_millis(1_900_000_000_000).unwrap(),
     };
     assert_eq!(store.append(vec![again]).await[0].error, None);
     assert_eq!(store.tip(&acct).await.unwrap().version, 2);
+}
+
+/// With an operator's TTL, a page of refusals only that committed but whose answer was lost
+/// (a timeout) is retried by the same attempt a second or more later: the retry is the same
+/// request, so DynamoDB recognises its token and it succeeds. Its markers' expiry counts from
+/// the call's decision time, not from the clock at each send (which made the retry a
+/// different request under the same token: `IdempotentParameterMismatch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_retried_refusal_page_under_a_ttl_is_the_same_request() {
+    let Some(store) = store_with_ttl("ttl-retry", Some(86_400)).await else {
+        return;
+    };
+    let acct = AccountId::new("ttl-retry-1").unwrap();
+    let page = PageWrite {
+        events: vec![],
+        refusals: vec![
+            store_contract::refusal("w1", 5, 0, 0),
+            store_contract::refusal("w2", 6, 0, 0),
+        ],
+    };
+    let append = Append {
+        account: acct.clone(),
+        expected_version: 0,
+        pages: vec![page],
+        attempt: store_contract::ATTEMPT,
+        // Decided now, so the markers are live when read back.
+        decided_at: tally::service::command::system_clock()(),
+    };
+    assert_eq!(store.append(vec![append.clone()]).await[0].error, None);
+    // The clock moves on to another second before the retry.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(store.append(vec![append]).await[0].error, None);
+    assert!(matches!(
+        store.txn(&acct, &txn("w2")).await.unwrap(),
+        Some(tally::domain::TxnOutcome::Refused(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tally::adapters::embedded::EmbeddedStore;
 use tally::codec::{WireAggregate, WirePage, encode_aggregate};
-use tally::domain::{AccountId, Event, Money, Page, Snapshot};
+use tally::domain::{AccountId, Event, Money, Page, Snapshot, Timestamp};
 use tally::ports::{
     Append, EventStore, PageWrite, Parked, Quarantine, QuarantineAdmin, SnapshotPut, SnapshotStore,
 };
@@ -58,6 +58,7 @@ async fn append<S: EventStore>(store: &S, account: &str, after: u64, events: &[E
                 refusals: vec![],
             }],
             attempt: 1,
+            decided_at: events.first().map_or(Timestamp::MIN, |e| e.recorded_at),
         }])
         .await;
     assert_eq!(done[0].error, None, "{done:?}");

@@ -100,6 +100,7 @@ impl EventStore for PageByPage {
                     expected_version: expected,
                     pages: vec![page.clone()],
                     attempt: a.attempt,
+                    decided_at: a.decided_at,
                 };
                 let r = self.0.events.append(vec![one]).await.remove(0);
                 if let (Some(e), None) = (r.error, &answer.error) {

@@ -44,7 +44,7 @@ fn reversal(version: u64, id: &str, target: &str, delta: i64, balance: i64) -> E
     }
 }
 
-fn refusal(id: &str, amount: i64, balance: i64, version: u64) -> Refusal {
+pub fn refusal(id: &str, amount: i64, balance: i64, version: u64) -> Refusal {
     Refusal {
         command: Command::Withdraw {
             txn_id: txn(id),
@@ -76,6 +76,7 @@ fn append(account: &AccountId, expected_version: u64, pages: Vec<PageWrite>) -> 
         expected_version,
         pages,
         attempt: ATTEMPT,
+        decided_at: at(),
     }
 }
 
@@ -332,6 +333,7 @@ pub async fn an_identical_page_from_another_attempt_is_not_a_success<S: EventSto
         expected_version: expected,
         pages: vec![page.clone()],
         attempt,
+        decided_at: at(),
     };
     assert_eq!(store.append(vec![by(7, 0, &page)]).await, vec![ok(1)]);
     assert_eq!(

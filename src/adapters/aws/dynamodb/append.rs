@@ -115,15 +115,13 @@ enum Work {
     Transaction(Vec<Prepared>),
 }
 
-/// What a page's items share: the seconds of ledger time its TTL counts from (fixed by the
-/// page so a retry is identical) and the caller's attempt.
+/// What a page's items share: the seconds of ledger time its TTL counts from (its first
+/// event's, else the call's decision time: fixed, so a retry is the same request) and the
+/// caller's attempt.
 fn shared(a: &Append, page: &PageWrite) -> Written {
+    let decided = page.events.first().map_or(a.decided_at, |e| e.recorded_at);
     Written {
-        now: page
-            .events
-            .first()
-            .map(|e| e.recorded_at.millis() / 1000)
-            .unwrap_or_else(now_secs),
+        now: decided.millis().div_euclid(1000),
         attempt: a.attempt,
     }
 }
