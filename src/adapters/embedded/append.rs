@@ -13,14 +13,15 @@ use redb::{Database, Durability, ReadableTable};
 use super::index::{Origin, Slot, TxnIndex, lookup};
 use super::store::{
     PAGE_DIR, PAGES, PageView, REFUSALS, REVERSED, SEGMENTS, TIPS, corrupt, event_key, marker_key,
-    split_attempt, split_marker_key, unavailable, with_attempt,
+    marker_key_into, split_attempt, split_marker_key, unavailable, with_attempt,
 };
 use crate::codec::encode_events;
 use crate::codec::stored::{
     decode_outcome, decode_tip, encode_outcome, encode_segment, encode_tip,
 };
 use crate::domain::{
-    AccountId, AccountState, Entry, EventKind, RecordError, Segment, TxnId, TxnOutcome, record,
+    AccountId, AccountState, Entry, EventKind, Outcomes, RecordError, Segment, TxnId, TxnOutcome,
+    record,
 };
 use crate::ports::{Append, AppendError, Appended, PageWrite, StoreError};
 
@@ -111,7 +112,17 @@ fn write_staged(
             .insert(seq, v.as_slice())
             .map_err(unavailable)?;
     }
-    for (k, (outcome, origin, attempt)) in &staged.markers {
+    // The few outcome rows the tables keep (refusals, reversed flags), in key order.
+    let mut rows: Vec<_> = staged
+        .markers
+        .iter()
+        .filter(|(_, (outcome, origin, _))| match outcome {
+            TxnOutcome::Refused(_) => *origin == Origin::New,
+            TxnOutcome::Booked { reversed, .. } => *reversed,
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (k, (outcome, origin, attempt)) in rows {
         match outcome {
             TxnOutcome::Refused(_) if *origin == Origin::New => {
                 let value = with_attempt(*attempt, &encode_outcome(outcome));
@@ -127,7 +138,7 @@ fn write_staged(
             _ => {}
         }
     }
-    for (k, tip) in &staged.tips {
+    for (k, (_, tip)) in &staged.tips {
         t.tips
             .insert(k.as_str(), encode_tip(tip).as_slice())
             .map_err(unavailable)?;
@@ -142,17 +153,17 @@ pub(super) fn failed_all(n: usize, e: &StoreError) -> Vec<Appended> {
         .collect()
 }
 
-/// Writes of one group of requests, not yet in the tables, sorted by key: sorted inserts keep
-/// each B-tree leaf copied once per transaction.
+/// Writes of one group of requests, not yet in the tables. Rows go in in key order (sorted
+/// inserts copy each B-tree leaf once per transaction): pages and tips are kept sorted; of
+/// the outcomes, found by key, the few that are rows are sorted when written.
 #[derive(Default)]
 struct Staged {
     events: BTreeMap<Vec<u8>, Vec<u8>>,
     /// `marker_key` → the outcome after this group, whether the index has the id, and the
     /// attempt that staged it.
-    markers: BTreeMap<Vec<u8>, (TxnOutcome, Origin, u64)>,
-    tips: BTreeMap<String, AccountState>,
-    /// Each staged account's version before this call.
-    before: BTreeMap<String, u64>,
+    markers: HashMap<Vec<u8>, (TxnOutcome, Origin, u64), foldhash::fast::RandomState>,
+    /// Each staged account: its version before this group, and its tip after it.
+    tips: BTreeMap<String, (u64, AccountState)>,
 }
 
 impl Staged {
@@ -184,9 +195,8 @@ fn summarize_completed(
     pages: &WriteView<'_>,
     segments: &mut Table<&'static [u8]>,
 ) -> Result<(), StoreError> {
-    for (account, tip) in &staged.tips {
-        let before = staged.before.get(account).copied().unwrap_or(0);
-        for index in Segment::completed(before, tip.version) {
+    for (account, (before, tip)) in &staged.tips {
+        for index in Segment::completed(*before, tip.version) {
             let (first, last) = Segment::versions(index);
             let summary = Segment::summarize(index, &pages.read_range(account, first, last)?)
                 .ok_or_else(|| corrupt(format!("segment {index} of {account} is not whole")))?;
@@ -282,7 +292,7 @@ fn check_page(
 ) -> Result<Vec<(TxnId, TxnOutcome, Origin)>, AppendError> {
     if !page.events.is_empty() {
         let current = match staged.tips.get(account) {
-            Some(tip) => tip.version,
+            Some((_, tip)) => tip.version,
             None => match t.tips.get(account).map_err(unavailable)? {
                 Some(v) => decode_tip(v.value()).map_err(corrupt)?.version,
                 None => 0,
@@ -292,12 +302,13 @@ fn check_page(
             return Err(AppendError::Conflict { current });
         }
     }
-    let mut view: HashMap<TxnId, TxnOutcome> = HashMap::new();
-    let mut origins: HashMap<TxnId, Origin> = HashMap::new();
+    let mut view = PageOutcomes::default();
+    let mut key = Vec::new();
     for txn in touched(page) {
-        if let Some((o, origin)) = stored_outcome(account, txn, t, index, staged)? {
-            view.insert(txn.clone(), o);
-            origins.insert(txn.clone(), origin);
+        if view.find(txn).is_none()
+            && let Some((o, origin)) = stored_outcome(account, txn, t, index, staged, &mut key)?
+        {
+            view.0.push((txn.clone(), o, origin));
         }
     }
     for event in &page.events {
@@ -306,13 +317,31 @@ fn check_page(
     for refusal in &page.refusals {
         record(&mut view, Entry::Refused(refusal)).map_err(append_error)?;
     }
-    Ok(view
-        .into_iter()
-        .map(|(txn, outcome)| {
-            let origin = origins.get(&txn).copied().unwrap_or(Origin::New);
-            (txn, outcome, origin)
-        })
-        .collect())
+    Ok(view.0)
+}
+
+/// The outcomes one page reads and writes, each with where it was found (`New`: decided by
+/// this page). A page has at most 2 × `PAGE_EVENTS_MAX` ids: a list beats a map.
+#[derive(Default)]
+struct PageOutcomes(Vec<(TxnId, TxnOutcome, Origin)>);
+
+impl PageOutcomes {
+    fn find(&self, txn: &TxnId) -> Option<usize> {
+        self.0.iter().position(|(t, ..)| t == txn)
+    }
+}
+
+impl Outcomes for PageOutcomes {
+    fn outcome(&self, txn: &TxnId) -> Option<TxnOutcome> {
+        self.find(txn).map(|i| self.0[i].1.clone())
+    }
+
+    fn set(&mut self, txn: TxnId, outcome: TxnOutcome) {
+        match self.find(&txn) {
+            Some(i) => self.0[i].1 = outcome,
+            None => self.0.push((txn, outcome, Origin::New)),
+        }
+    }
 }
 
 /// Every txn id a page's recording reads or writes.
@@ -344,8 +373,10 @@ fn stored_outcome(
     t: &Tables<'_>,
     index: &TxnIndex,
     staged: &Staged,
+    key: &mut Vec<u8>,
 ) -> Result<Option<(TxnOutcome, Origin)>, StoreError> {
-    if let Some((o, origin, _)) = staged.markers.get(&marker_key(account, txn.as_str())) {
+    marker_key_into(key, account, txn.as_str());
+    if let Some((o, origin, _)) = staged.markers.get(key.as_slice()) {
         return Ok(Some((o.clone(), *origin)));
     }
     lookup(index, &t.pages, &t.refusals, account, txn)
@@ -366,12 +397,15 @@ fn stage(account: &str, page: &PageWrite, writes: Writes, staged: &mut Staged) {
         staged
             .events
             .insert(event_key(account, first.version), bytes);
-        if !staged.before.contains_key(account) {
-            staged.before.insert(account.to_owned(), first.version - 1);
+        let after = AccountState::after(last);
+        match staged.tips.get_mut(account) {
+            Some(tip) => tip.1 = after,
+            None => {
+                staged
+                    .tips
+                    .insert(account.to_owned(), (first.version - 1, after));
+            }
         }
-        staged
-            .tips
-            .insert(account.to_owned(), AccountState::after(last));
     }
     for (txn, outcome, origin) in writes.outcomes {
         staged.markers.insert(

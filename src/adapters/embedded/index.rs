@@ -130,15 +130,21 @@ impl TxnIndex {
     /// Records a new outcome for an id known to have none. If another id holds its hash, it
     /// is kept by its full key.
     pub fn insert(&mut self, account: &str, txn: &str, slot: Slot) {
-        let h = key_hash(account, txn);
-        match self.by_hash.get(&h) {
-            None => {
-                self.by_hash.insert(h, slot.pack());
+        use std::collections::hash_map::Entry;
+        // One probe: the entry is where the hash is, or where it goes.
+        match self.by_hash.entry(key_hash(account, txn)) {
+            Entry::Vacant(v) => {
+                v.insert(slot.pack());
             }
-            Some(_) => {
+            Entry::Occupied(_) => {
                 self.exact.insert(full_key(account, txn), slot.pack());
             }
         }
+    }
+
+    /// Room for `more` ids without growing while they are inserted.
+    pub fn reserve(&mut self, more: usize) {
+        self.by_hash.reserve(more);
     }
 
     /// Replaces the outcome of an indexed id (a booking's `reversed` flag); `exact` says

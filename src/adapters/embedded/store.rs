@@ -152,10 +152,16 @@ where
 /// `account NUL txn`.
 pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
+    marker_key_into(&mut k, account, txn);
+    k
+}
+
+/// [`marker_key`] into a reused buffer.
+pub(super) fn marker_key_into(k: &mut Vec<u8>, account: &str, txn: &str) {
+    k.clear();
     k.extend_from_slice(account.as_bytes());
     k.push(0);
     k.extend_from_slice(txn.as_bytes());
-    k
 }
 
 /// A stored value prefixed with the attempt that wrote it, so a retry of the same attempt is
