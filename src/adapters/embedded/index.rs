@@ -52,7 +52,7 @@ impl Slot {
 
 /// The keys are hashes already: no need to hash them again.
 #[derive(Default)]
-struct Identity(u64);
+pub struct Identity(u64);
 
 impl Hasher for Identity {
     fn finish(&self) -> u64 {
@@ -111,6 +111,11 @@ impl TxnIndex {
 
     /// Where `txn` of `account` may be; `None`: it has no outcome.
     pub fn get(&self, account: &str, txn: &str) -> Option<Candidate> {
+        self.get_hashed(key_hash(account, txn), account, txn)
+    }
+
+    /// [`TxnIndex::get`] with the id's [`key_hash`] already computed.
+    pub fn get_hashed(&self, hash: u64, account: &str, txn: &str) -> Option<Candidate> {
         if !self.exact.is_empty()
             && let Some(&v) = self.exact.get(&full_key(account, txn))
         {
@@ -119,20 +124,23 @@ impl TxnIndex {
                 exact: true,
             });
         }
-        self.by_hash
-            .get(&key_hash(account, txn))
-            .map(|&v| Candidate {
-                slot: Slot::unpack(v),
-                exact: false,
-            })
+        self.by_hash.get(&hash).map(|&v| Candidate {
+            slot: Slot::unpack(v),
+            exact: false,
+        })
     }
 
     /// Records a new outcome for an id known to have none. If another id holds its hash, it
     /// is kept by its full key.
     pub fn insert(&mut self, account: &str, txn: &str, slot: Slot) {
+        self.insert_hashed(key_hash(account, txn), account, txn, slot);
+    }
+
+    /// [`TxnIndex::insert`] with the id's [`key_hash`] already computed.
+    pub fn insert_hashed(&mut self, hash: u64, account: &str, txn: &str, slot: Slot) {
         use std::collections::hash_map::Entry;
         // One probe: the entry is where the hash is, or where it goes.
-        match self.by_hash.entry(key_hash(account, txn)) {
+        match self.by_hash.entry(hash) {
             Entry::Vacant(v) => {
                 v.insert(slot.pack());
             }
@@ -150,10 +158,15 @@ impl TxnIndex {
     /// Replaces the outcome of an indexed id (a booking's `reversed` flag); `exact` says
     /// where [`TxnIndex::get`] found it.
     pub fn update(&mut self, account: &str, txn: &str, exact: bool, slot: Slot) {
+        self.update_hashed(key_hash(account, txn), account, txn, exact, slot);
+    }
+
+    /// [`TxnIndex::update`] with the id's [`key_hash`] already computed.
+    pub fn update_hashed(&mut self, hash: u64, account: &str, txn: &str, exact: bool, slot: Slot) {
         if exact {
             self.exact.insert(full_key(account, txn), slot.pack());
         } else {
-            self.by_hash.insert(key_hash(account, txn), slot.pack());
+            self.by_hash.insert(hash, slot.pack());
         }
     }
 }
@@ -219,13 +232,14 @@ pub enum Origin {
 /// says where, the event (or the refusal row) confirms it is this id's. A candidate the view
 /// cannot confirm (a hash shared with another id, or an index ahead of an older read
 /// snapshot) counts as no outcome: the writer's own check, which sees everything committed,
-/// is what keeps an id from being decided twice.
+/// is what keeps an id from being decided twice. `hash` is the id's [`key_hash`].
 pub fn lookup<P, D>(
     index: &TxnIndex,
     pages: &super::store::PageView<P, D>,
     refusals: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
     account: &str,
     txn: &crate::domain::TxnId,
+    hash: u64,
 ) -> Result<Option<(crate::domain::TxnOutcome, Origin)>, crate::ports::StoreError>
 where
     P: redb::ReadableTable<u64, &'static [u8]>,
@@ -233,7 +247,7 @@ where
 {
     use super::store::{corrupt, marker_key, split_attempt, unavailable};
     use crate::domain::TxnOutcome;
-    let Some(candidate) = index.get(account, txn.as_str()) else {
+    let Some(candidate) = index.get_hashed(hash, account, txn.as_str()) else {
         return Ok(None);
     };
     let origin = Origin::Indexed {

@@ -19,7 +19,7 @@ use redb::{
 use std::sync::RwLock;
 
 use super::commit::Committer;
-use super::index::{Candidate, Slot, TxnIndex, lookup};
+use super::index::{Candidate, Slot, TxnIndex, key_hash, lookup};
 
 use crate::codec::decode_page;
 use crate::codec::stored::{decode_segment, decode_snapshot, decode_tip, encode_snapshot};
@@ -152,16 +152,10 @@ where
 /// `account NUL txn`.
 pub(super) fn marker_key(account: &str, txn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + txn.len() + 1);
-    marker_key_into(&mut k, account, txn);
-    k
-}
-
-/// [`marker_key`] into a reused buffer.
-pub(super) fn marker_key_into(k: &mut Vec<u8>, account: &str, txn: &str) {
-    k.clear();
     k.extend_from_slice(account.as_bytes());
     k.push(0);
     k.extend_from_slice(txn.as_bytes());
+    k
 }
 
 /// A stored value prefixed with the attempt that wrote it, so a retry of the same attempt is
@@ -498,7 +492,17 @@ fn outcomes_of(
     txns: &[TxnId],
 ) -> Result<Vec<Option<TxnOutcome>>, StoreError> {
     txns.iter()
-        .map(|t| Ok(lookup(index, view, refusals, account, t)?.map(|(o, _)| o)))
+        .map(|t| {
+            Ok(lookup(
+                index,
+                view,
+                refusals,
+                account,
+                t,
+                key_hash(account, t.as_str()),
+            )?
+            .map(|(o, _)| o))
+        })
         .collect()
 }
 
