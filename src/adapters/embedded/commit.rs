@@ -23,7 +23,10 @@ use crate::ports::{Append, Appended, StoreError};
 pub const GROUP_REQUESTS_MAX: usize = 256;
 pub const GROUP_PAGES_MAX: usize = 200_000;
 
-type Job = (Vec<Append>, oneshot::Sender<Vec<Appended>>);
+/// A request, and where its results go back, with the request itself: the caller's thread
+/// frees it, not the writer's (freeing another thread's memory is slow, and the writer is
+/// the one thread every write waits for).
+type Job = (Vec<Append>, oneshot::Sender<(Vec<Appended>, Vec<Append>)>);
 
 /// The writer thread of one database. Dropping the last handle stops it and waits for it,
 /// so the database file is closed when the store is.
@@ -71,7 +74,10 @@ impl Committer {
         if !matches!(sent, Some(Ok(()))) {
             return failed_all(n, &gone());
         }
-        answer.await.unwrap_or_else(|_| failed_all(n, &gone()))
+        match answer.await {
+            Ok((results, _request)) => results,
+            Err(_) => failed_all(n, &gone()),
+        }
     }
 }
 
@@ -107,8 +113,8 @@ fn run(db: &Database, index: &RwLock<TxnIndex>, rx: &Receiver<Job>, counts: &Cou
         counts
             .requests
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
-        for ((_, done), result) in group.into_iter().zip(results) {
-            let _ = done.send(result); // a caller that gave up does not stop the others
+        for ((request, done), result) in group.into_iter().zip(results) {
+            let _ = done.send((result, request)); // a caller that gave up does not stop the others
         }
     }
 }
