@@ -31,6 +31,7 @@
 //!   faults, interleavings and workload; a checker built on the reference model).
 
 pub mod adapters;
+pub mod allocator;
 pub mod app;
 pub mod cli;
 pub mod codec;

@@ -148,6 +148,7 @@ enum Cmd {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tally::allocator::keep_freed_memory();
     let cli = Cli::parse();
     if let Cmd::Sim(args) = &cli.command {
         // The simulator's injected faults would make every service log; it reports by
