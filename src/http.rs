@@ -143,6 +143,12 @@ impl From<StoreError> for ApiError {
                  (`tally parked list`, `tally verify`); retrying will not help",
                 None,
             ),
+            StoreError::Incompatible(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "incompatible",
+                "the ledger's data was stored by another version of tally; retrying will not help",
+                None,
+            ),
         }
     }
 }

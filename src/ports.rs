@@ -22,6 +22,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Stored by another version of tally, in a layout this one does not read (nothing is
+    /// wrong with the data).
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// One account's writes in one `append` call: its pages, in order, the first written only if

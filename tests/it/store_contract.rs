@@ -9,7 +9,7 @@ use tally::domain::{
     AccountId, AccountState, Command, Event, EventKind, Money, Refusal, Rejection, Timestamp,
     TxnOutcome,
 };
-use tally::ports::{Append, AppendError, Appended, EventStore, Load, PageWrite};
+use tally::ports::{Append, AppendError, Appended, EventStore, Load, PageWrite, StoreError};
 
 use crate::harness::txn;
 
@@ -852,6 +852,9 @@ fn embedded_an_older_data_dir_is_refused_naming_its_layout() {
     });
     let err = EmbeddedStore::open(&dir).err().expect("refused");
     assert!(err.to_string().contains("store layout 1"), "{err}");
+    // Named as what it is: an older layout, not corrupt data.
+    assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
+    assert!(!err.to_string().contains("corrupt"), "{err}");
     // Layout 2 (before the attempt prefix) is refused by name too.
     raw_data_dir(&dir, |tx| {
         let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");

@@ -342,7 +342,7 @@ impl EmbeddedStore {
                     meta.insert("layout", LAYOUT).map_err(unavailable)?;
                 }
                 other => {
-                    return Err(StoreError::Corrupt(format!(
+                    return Err(StoreError::Incompatible(format!(
                         "this data dir has store layout {}, this tally reads layout {LAYOUT}: \
                          ingest its files again into a new data dir",
                         other.unwrap_or(1)
