@@ -187,13 +187,14 @@ where
             line,
             cause,
         }) => {
-            // Say what was booked before saying why it stopped.
-            print_summary(file, &summary, &args.rejects);
-            settle().await;
             let what = match cause {
                 StopCause::Interrupted => format!("interrupted before line {line}"),
                 cause => format!("stopped at line {line}: {cause}"),
             };
+            // Say what was booked before saying why it stopped; the summary itself says it
+            // is partial, for whoever reads only stdout.
+            print_summary(file, &summary, &args.rejects, Some(&what));
+            settle().await;
             return Err(format!(
                 "{}: {what}; {} rows read have no outcome yet (rows booked stay booked; running \
                  the same file again is safe)",
@@ -202,7 +203,7 @@ where
             ));
         }
     };
-    print_summary(file, &summary, &args.rejects);
+    print_summary(file, &summary, &args.rejects, None);
     flushed?;
     settle().await;
     if let Some(timeout) = args.wait_projected {
@@ -222,10 +223,12 @@ fn remember(shown: &mut BTreeSet<AccountId>, account: &AccountId) {
     }
 }
 
-fn print_summary(file: &Path, s: &IngestSummary, rejects_path: &Path) {
+/// The summary line; `stopped` (why the file was not read to its end) ends it, so a
+/// partial run never reads like a whole one.
+fn print_summary(file: &Path, s: &IngestSummary, rejects_path: &Path, stopped: Option<&str>) {
     say!(
         "{}: {} rows, {} accepted, {} duplicates, {} refused, {} replayed refusals, {} reused \
-         ids, {} invalid in {:.2}s ({:.0} rows/s)",
+         ids, {} invalid in {:.2}s ({:.0} rows/s){}",
         file.display(),
         s.rows,
         s.accepted,
@@ -235,7 +238,10 @@ fn print_summary(file: &Path, s: &IngestSummary, rejects_path: &Path) {
         s.reused,
         s.invalid,
         s.elapsed.as_secs_f64(),
-        s.rows_per_second()
+        s.rows_per_second(),
+        stopped
+            .map(|why| format!("; STOPPED: {why}"))
+            .unwrap_or_default()
     );
     if s.refused + s.replayed_refusals + s.reused + s.invalid > 0 {
         say!("rows not booked: {}", rejects_path.display());

@@ -337,6 +337,14 @@ fn an_interrupted_ingest_says_where_it_stopped_and_a_rerun_completes_it() {
         "{stderr}"
     );
     assert!(stdout.contains(&format!("{window} rows,")), "{stdout}");
+    // stdout alone says the run is partial.
+    assert!(
+        stdout.contains(&format!(
+            "; STOPPED: interrupted before line {}",
+            window + 2
+        )),
+        "{stdout}"
+    );
     let first = accepted(&stdout);
     let again = ingest("db").output().unwrap();
     let again = String::from_utf8_lossy(&again.stdout).into_owned();
