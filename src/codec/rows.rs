@@ -35,6 +35,10 @@ pub struct RowError {
     pub message: String,
     /// The reader cannot go on (I/O error, bad header); no further rows follow.
     pub fatal: bool,
+    /// The row's `txn_id` and `account` as written, where it has them: an invalid row is
+    /// still named by them (in the rejects file).
+    pub txn_id: Option<String>,
+    pub account: Option<String>,
 }
 
 impl RowError {
@@ -44,6 +48,8 @@ impl RowError {
             field: Some(field),
             message: message.into(),
             fatal: false,
+            txn_id: None,
+            account: None,
         }
     }
 
@@ -54,6 +60,8 @@ impl RowError {
             field: None,
             message: message.into(),
             fatal: false,
+            txn_id: None,
+            account: None,
         }
     }
 
@@ -63,6 +71,8 @@ impl RowError {
             field: None,
             message: message.into(),
             fatal: true,
+            txn_id: None,
+            account: None,
         }
     }
 }
@@ -146,7 +156,17 @@ fn parse_amount(line: u64, raw: Option<RawAmount<'_>>) -> Result<Money, RowError
     }
 }
 
+/// The row's command, or why it has none (named by the row's `txn_id` and `account`).
 fn build(line: u64, raw: RawRow<'_>) -> Result<Row, RowError> {
+    let (txn_id, account) = (raw.txn_id, raw.account);
+    row_of(line, raw).map_err(|e| RowError {
+        txn_id: txn_id.map(str::to_owned),
+        account: account.map(str::to_owned),
+        ..e
+    })
+}
+
+fn row_of(line: u64, raw: RawRow<'_>) -> Result<Row, RowError> {
     let txn_id = TxnId::new(required(line, "txn_id", raw.txn_id)?)
         .map_err(|e| RowError::field(line, "txn_id", e.to_string()))?;
     let account = AccountId::new(required(line, "account", raw.account)?)
@@ -388,6 +408,8 @@ fn json_row(line: u64, text: &str) -> Result<Row, RowError> {
             field,
             message: format!("invalid JSON row: {e}"),
             fatal: false,
+            txn_id: None,
+            account: None,
         }
     })?;
     let amount = match &row.amount {
@@ -487,6 +509,8 @@ impl<R: Read> Iterator for RowReader<R> {
                         field: None,
                         message: e.to_string(),
                         fatal,
+                        txn_id: None,
+                        account: None,
                     }))
                 }
             },

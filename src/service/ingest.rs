@@ -103,9 +103,13 @@ pub enum IngestError {
     },
 }
 
-/// Where rows that were not booked go, as CSV: `line,txn_id,account,outcome,field,reason`.
+/// Where rows that were not booked go, as CSV: `line,txn_id,account,outcome,field,reason`,
+/// in line order. A window's outcomes come back account by account, so its rows are kept
+/// until [`Rejects::end_window`], then written sorted by line.
 pub struct Rejects<W: Write> {
     out: W,
+    /// This window's rows, each quoted, with its line.
+    window: Vec<(u64, Vec<u8>)>,
 }
 
 /// The `outcome` column of the rejects file.
@@ -114,7 +118,10 @@ pub const REJECT_OUTCOMES: [&str; 4] = ["invalid", "refused", "replayed_refusal"
 impl<W: Write> Rejects<W> {
     pub fn new(mut out: W) -> std::io::Result<Rejects<W>> {
         writeln!(out, "line,txn_id,account,outcome,field,reason")?;
-        Ok(Rejects { out })
+        Ok(Rejects {
+            out,
+            window: Vec::new(),
+        })
     }
 
     fn write(
@@ -124,22 +131,33 @@ impl<W: Write> Rejects<W> {
         account: &str,
         what: [&str; 3],
     ) -> std::io::Result<()> {
-        // Quoted into a buffer, then handed to `out` without flushing it: a flush per row
-        // was a write system call per row (38,000 of them in a 1M-row ingest). The caller
-        // flushes `out` at the end (`into_inner`), where a failed write still shows.
+        // Quoted into a buffer, kept for the window's end.
         let mut w = csv::WriterBuilder::new()
             .has_headers(false)
             .buffer_capacity(256)
             .from_writer(Vec::with_capacity(256));
-        let line = line.to_string();
-        w.write_record([line.as_str(), txn, account, what[0], what[1], what[2]])
+        let number = line.to_string();
+        w.write_record([number.as_str(), txn, account, what[0], what[1], what[2]])
             .map_err(std::io::Error::other)?;
         let record = w
             .into_inner()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.out.write_all(&record)
+        self.window.push((line, record));
+        Ok(())
     }
 
+    /// Hands the window's rows to `out` in line order, without flushing it: a flush per
+    /// row was a write system call per row (38,000 of them in a 1M-row ingest). The caller
+    /// flushes `out` at the end (`into_inner`), where a failed write still shows.
+    pub fn end_window(&mut self) -> std::io::Result<()> {
+        self.window.sort_by_key(|(line, _)| *line);
+        for (_, record) in self.window.drain(..) {
+            self.out.write_all(&record)?;
+        }
+        Ok(())
+    }
+
+    /// The sink, once the last window has ended (`ingest` ends every window it starts).
     pub fn into_inner(self) -> W {
         self.out
     }
@@ -327,6 +345,8 @@ where
             field: None,
             message: format!("cannot start the reader thread: {e}"),
             fatal: true,
+            txn_id: None,
+            account: None,
         })
     })?;
     let mut read_error = None;
@@ -336,10 +356,18 @@ where
         for e in &window.invalid {
             summary.invalid += 1;
             let what = ["invalid", e.field.unwrap_or(""), e.message.as_str()];
-            if let Err(io) = rejects.write(e.line, "", "", what) {
+            let (txn, account) = (e.txn_id.as_deref(), e.account.as_deref());
+            if let Err(io) = rejects.write(e.line, txn.unwrap_or(""), account.unwrap_or(""), what) {
+                let _ = rejects.end_window(); // the rows before it still go out
                 return Err(stopped(summary, started, e.line, StopCause::Rejects(io)));
             }
         }
+        let first_line = window.rows.first().map(|r| r.line);
+        let first_line = first_line
+            .into_iter()
+            .chain(window.invalid.first().map(|e| e.line))
+            .min()
+            .unwrap_or(0);
         let last_line = window
             .rows
             .last()
@@ -349,13 +377,24 @@ where
             ReadAhead::Thread => parts_for(window.rows.len()),
             ReadAhead::Inline => INGEST_PARTS,
         };
-        match submit_window(window.rows, parts, service, rejects, &mut summary).await {
+        let submitted = submit_window(window.rows, parts, service, rejects, &mut summary).await;
+        // The window's rejects, in line order, whatever came of it.
+        let written = rejects.end_window();
+        match submitted {
             Ok(accounts) => progress(&Progress {
                 rows: summary.rows,
                 summary: &summary,
                 accounts: &accounts,
             }),
             Err((line, cause)) => return Err(stopped(summary, started, line, cause)),
+        }
+        if let Err(io) = written {
+            return Err(stopped(
+                summary,
+                started,
+                first_line,
+                StopCause::Rejects(io),
+            ));
         }
         if window.fatal.is_some() {
             read_error = window.fatal;
@@ -528,6 +567,7 @@ mod tests {
             let what = ["refused", "amount", "insufficient funds, \"balance\" 0"];
             rejects.write(line, "t,1", "a", what).unwrap();
         }
+        rejects.end_window().unwrap();
         let sink = rejects.into_inner();
         assert_eq!(sink.flushes, 0);
         let text = String::from_utf8(sink.bytes).unwrap();

@@ -179,6 +179,8 @@ pub(crate) async fn run_op<S: EventStore, P: EventPublisher>(
                         field: None,
                         message: e.to_string(),
                         fatal: true,
+                        txn_id: None,
+                        account: None,
                     })));
                 }
             };

@@ -201,6 +201,88 @@ fn the_cli_reports_an_undecodable_line_and_books_the_rest() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An invalid row is still named in the rejects file by the txn_id and account it was
+/// written with (as written, even when that is what is wrong with it).
+#[test]
+fn the_cli_names_invalid_rows_by_their_txn_id_and_account() {
+    let dir = temp_dir("invalid-names");
+    let file = dir.join("rows.csv");
+    let long = "x".repeat(65);
+    let body = format!(
+        "txn_id,account,kind,amount,occurred_at,reverses\n\
+         t1,alice,deposit,12.5x,2026-11-01T09:00:00Z,\n\
+         t2,alice,refund,5,2026-11-01T09:00:00Z,\n\
+         t3,,deposit,5,2026-11-01T09:00:00Z,\n\
+         {long},bob,deposit,5,2026-11-01T09:00:00Z,\n\
+         t5,bob,deposit,5,2026-11-01T09:00:00Z,\n"
+    );
+    std::fs::write(&file, body).unwrap();
+    let rejects = dir.join("rejects.csv");
+    let out = tally()
+        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
+        .arg(&file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("5 rows, 1 accepted"), "{stdout}");
+    let rejected = std::fs::read_to_string(&rejects).unwrap();
+    let mut lines: Vec<&str> = rejected.lines().skip(1).collect();
+    lines.sort_unstable();
+    let starts = [
+        "2,t1,alice,invalid,amount,".to_owned(),
+        "3,t2,alice,invalid,kind,".to_owned(),
+        "4,t3,,invalid,account,".to_owned(),
+        format!("5,{long},bob,invalid,txn_id,"),
+    ];
+    assert_eq!(lines.len(), starts.len(), "{rejected}");
+    for (line, start) in lines.iter().zip(&starts) {
+        assert!(
+            line.starts_with(start.as_str()),
+            "{line} vs {start}\n{rejected}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The rejects file is in line order, although a window's outcomes come back account by
+/// account and its invalid rows are known first.
+#[test]
+fn the_cli_writes_rejects_in_line_order() {
+    let dir = temp_dir("rejects-order");
+    let file = dir.join("rows.csv");
+    let body = "txn_id,account,kind,amount,occurred_at,reverses\n\
+                d1,a,deposit,5,2026-11-01T09:00:00Z,\n\
+                w1,b,withdrawal,7,2026-11-01T09:00:00Z,\n\
+                w2,a,withdrawal,9,2026-11-01T09:00:00Z,\n\
+                x1,c,deposit,oops,2026-11-01T09:00:00Z,\n\
+                w3,b,withdrawal,8,2026-11-01T09:00:00Z,\n";
+    std::fs::write(&file, body).unwrap();
+    let rejects = dir.join("rejects.csv");
+    let out = tally()
+        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
+        .arg(&file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rejected = std::fs::read_to_string(&rejects).unwrap();
+    let lines: Vec<&str> = rejected
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(lines, ["3", "4", "5", "6"], "{rejected}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A publisher that loses everything: events reach the store, never the snapshots.
 struct Lost;
 
