@@ -257,14 +257,15 @@ impl<R: Read> RowReader<R> {
     pub fn new(source: R, format: Format) -> Result<RowReader<R>, RowError> {
         let inner = match format {
             Format::Csv => {
-                let mut reader = csv::ReaderBuilder::new()
-                    .trim(csv::Trim::All)
-                    .from_reader(Tail {
-                        inner: source,
-                        base: 0,
-                        chunk: Vec::new(),
-                        before: None,
-                    });
+                // Fields are trimmed as they are read (`trim`), not by the reader: its trim
+                // drops the newlines at a field's edges that `start_line` counts (and
+                // copies every record).
+                let mut reader = csv::ReaderBuilder::new().from_reader(Tail {
+                    inner: source,
+                    base: 0,
+                    chunk: Vec::new(),
+                    before: None,
+                });
                 let header = reader
                     .headers()
                     .map_err(|e| RowError::fatal(1, e.to_string()))?;
@@ -287,7 +288,7 @@ impl<R: Read> RowReader<R> {
 
 fn header_columns(header: &csv::StringRecord) -> Result<[Option<usize>; 6], RowError> {
     let mut columns = [None; 6];
-    for (i, name) in header.iter().enumerate() {
+    for (i, name) in header.iter().map(trim).enumerate() {
         let slot = COLUMNS.iter().position(|c| *c == name).ok_or_else(|| {
             RowError::fatal(
                 1,
@@ -340,12 +341,16 @@ impl<R: Read> Read for Tail<R> {
     }
 }
 
+/// A CSV field without the ASCII whitespace around it.
+fn trim(field: &str) -> &str {
+    field.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
 /// The line a CSV record just read starts on. The reader's own record position is where
 /// the previous record ended, before any blank lines it skipped; so count back from where
-/// this one ended: the newlines inside its fields, and the one ending it (none after a
-/// CR, which the reader stops at, or at the end of an input without a final newline). A
-/// quoted field that begins or ends with a newline is trimmed of it, so such a record is
-/// named a line late.
+/// this one ended: the newlines inside its fields (as read, before `trim`), and the one
+/// ending it (none after a CR, which the reader stops at, or at the end of an input without
+/// a final newline).
 fn start_line<R: Read>(reader: &csv::Reader<Tail<R>>, record: &csv::StringRecord) -> u64 {
     let end = reader.position();
     let inside: usize = record
@@ -391,27 +396,52 @@ fn json_str<'a>(
     }
 }
 
+/// An NDJSON row's command, or why it has none, named by its `txn_id` and `account` where
+/// they are strings (read loosely when the row is not a valid row object).
 fn json_row(line: u64, text: &str) -> Result<Row, RowError> {
-    let row: JsonRow = serde_json::from_str(text).map_err(|e| {
-        // serde names the offending field in backticks; an unknown field is not a column.
-        let text = e.to_string();
-        let field = if text.starts_with("unknown field") {
-            None
-        } else {
-            COLUMNS
-                .iter()
-                .find(|c| text.contains(&format!("`{c}`")))
-                .copied()
-        };
-        RowError {
-            line,
-            field,
-            message: format!("invalid JSON row: {e}"),
-            fatal: false,
-            txn_id: None,
-            account: None,
+    let name = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    match serde_json::from_str::<JsonRow>(text) {
+        Ok(row) => json_row_of(line, &row).map_err(|e| RowError {
+            txn_id: e.txn_id.or_else(|| name(row.txn_id.as_ref())),
+            account: e.account.or_else(|| name(row.account.as_ref())),
+            ..e
+        }),
+        Err(e) => {
+            let loose = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text);
+            let loose = loose.ok();
+            Err(RowError {
+                txn_id: name(loose.as_ref().and_then(|m| m.get("txn_id"))),
+                account: name(loose.as_ref().and_then(|m| m.get("account"))),
+                ..json_error(line, &e)
+            })
         }
-    })?;
+    }
+}
+
+/// Why serde refused an NDJSON row, naming the field where serde does.
+fn json_error(line: u64, e: &serde_json::Error) -> RowError {
+    // serde names the offending field in backticks; an unknown field is not a column.
+    let text = e.to_string();
+    let field = if text.starts_with("unknown field") {
+        None
+    } else {
+        COLUMNS
+            .iter()
+            .find(|c| text.contains(&format!("`{c}`")))
+            .copied()
+    };
+    RowError {
+        line,
+        field,
+        message: format!("invalid JSON row: {e}"),
+        fatal: false,
+        txn_id: None,
+        account: None,
+    }
+}
+
+/// A parsed NDJSON row's command, or why it has none.
+fn json_row_of(line: u64, row: &JsonRow) -> Result<Row, RowError> {
     let amount = match &row.amount {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => Some(RawAmount::Number(n)),
@@ -487,6 +517,7 @@ impl<R: Read> Iterator for RowReader<R> {
                     let get = |slot: usize| {
                         columns[slot]
                             .and_then(|i| record.get(i))
+                            .map(trim)
                             .filter(|s| !s.is_empty())
                     };
                     Some(build(

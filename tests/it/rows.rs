@@ -171,4 +171,52 @@ fn csv_rows_are_named_by_their_own_line_after_blank_and_multi_line_ones() {
     assert_eq!(lines(text), [2, 4, 8, 9, 11, 13]);
     assert_eq!(lines(&text.replace('\n', "\r\n")), [2, 4, 8, 9, 11, 13]);
     assert_eq!(lines(&format!("{text}\n")), [2, 4, 8, 9, 11, 13]);
+    // Quoted fields that end (or begin) with newlines, which trimming removes from the
+    // value: the row still starts where it starts. Found from the outside: named 4 and 6.
+    let edges = "txn_id,account,kind,amount,occurred_at,reverses\n\
+                 \"w1\n\n\",a1,withdrawal,999,2026-01-01T00:00:00Z,\n\
+                 w2,a1,withdrawal,\"999\n\",2026-01-01T00:00:00Z,\n\
+                 \"\n w3\",a1,deposit,1,2026-01-01T00:00:00Z,\n";
+    assert_eq!(lines(edges), [2, 5, 7]);
+    let ids: Vec<String> = read(edges, Format::Csv)
+        .into_iter()
+        .map(|r| r.unwrap().command.txn_id().to_string())
+        .collect();
+    assert_eq!(ids, ["w1", "w2", "w3"], "values are trimmed");
+}
+
+/// An invalid NDJSON row keeps the names it has as strings, whatever is wrong with it (a
+/// wrongly typed field, an unknown field, a bad amount). Found from the outside: a
+/// non-string `reverses` lost both names.
+#[test]
+fn invalid_ndjson_rows_keep_their_string_names() {
+    let text = concat!(
+        r#"{"txn_id":"m9","account":"a1","kind":"deposit","amount":1,"occurred_at":"2026-01-01T00:00:00Z","reverses":5}"#,
+        "\n",
+        r#"{"txn_id":5,"account":"a2","kind":"deposit","amount":1,"occurred_at":"2026-01-01T00:00:00Z"}"#,
+        "\n",
+        r#"{"txn_id":"m3","account":"a3","kind":"deposit","amount":1,"occurred_at":"2026-01-01T00:00:00Z","extra":1}"#,
+        "\n",
+        r#"{"txn_id":"m4","account":"a4","kind":"deposit","amount":"x","occurred_at":"2026-01-01T00:00:00Z"}"#,
+        "\n",
+        "not json\n",
+    );
+    let names: Vec<(Option<String>, Option<String>)> = read(text, Format::Ndjson)
+        .into_iter()
+        .map(|r| {
+            let e = r.unwrap_err();
+            (e.txn_id, e.account)
+        })
+        .collect();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        names,
+        [
+            (some("m9"), some("a1")),
+            (None, some("a2")),
+            (some("m3"), some("a3")),
+            (some("m4"), some("a4")),
+            (None, None),
+        ]
+    );
 }
