@@ -368,11 +368,6 @@ where
             .chain(window.invalid.first().map(|e| e.line))
             .min()
             .unwrap_or(0);
-        let last_line = window
-            .rows
-            .last()
-            .map(|r| r.line)
-            .max(window.invalid.last().map(|e| e.line));
         let parts = match read_ahead {
             ReadAhead::Thread => parts_for(window.rows.len()),
             ReadAhead::Inline => INGEST_PARTS,
@@ -400,10 +395,16 @@ where
             read_error = window.fatal;
             break;
         }
-        // Rows the reader thread read ahead have no outcome yet: the next line is where a
-        // rerun resumes. (A window short of full was the input's last.)
-        if let Some(line) = last_line.filter(|_| read >= window_rows && stop()) {
-            return Err(stopped(summary, started, line + 1, StopCause::Interrupted));
+        // Asked to stop after a full window (one short of full was the input's last): the
+        // next window, read ahead already, says whether anything is left and the line a
+        // rerun resumes at (its first row's, however many lines the rows before it took).
+        if read >= window_rows && stop() {
+            match source.next().await.as_ref().and_then(window_start) {
+                Some(line) => {
+                    return Err(stopped(summary, started, line, StopCause::Interrupted));
+                }
+                None => break, // the input ended with this window
+            }
         }
     }
     source.finish();
@@ -412,6 +413,13 @@ where
         Some(e) => Err(stopped(summary, started, e.line, StopCause::Read(e))),
         None => Ok(summary),
     }
+}
+
+/// The line a window starts at; `None` for the empty window after the input's last.
+fn window_start(w: &Window) -> Option<u64> {
+    let rows = w.rows.first().map(|r| r.line);
+    let lines = rows.into_iter().chain(w.invalid.first().map(|e| e.line));
+    lines.min().or(w.fatal.as_ref().map(|e| e.line))
 }
 
 fn stopped(

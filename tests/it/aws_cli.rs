@@ -372,6 +372,58 @@ fn at() -> Timestamp {
     Timestamp::from_millis(1_793_523_600_000).unwrap()
 }
 
+/// Asked to stop after a full window, ingest looks at the next one: if the input ended
+/// with the window just booked, the run is whole (not "stopped"); else it stopped before
+/// the next row's first line, however many lines the rows before it took. Found from the
+/// outside: a file of exactly one window said "interrupted before line 131074" with every
+/// row booked, and a multi-line last row made the line point inside it.
+#[tokio::test]
+async fn a_stop_after_the_last_full_window_is_no_stop_and_names_the_next_rows_line() {
+    use tally::codec::rows::{Format, RowReader};
+    use tally::service::ingest::{IngestError, ReadAhead, Rejects, StopCause, ingest_with};
+    let header = "txn_id,account,kind,amount,occurred_at,reverses\n";
+    let row = |id: &str| format!("{id},s,deposit,1,2026-11-01T09:00:00Z,\n");
+    // Three rows, the third over two lines (4 and 5).
+    let window = format!(
+        "{}{}{id},s,deposit,1,\"2026-11-01T09:00:00Z\n\",\n",
+        row("r1"),
+        row("r2"),
+        id = "r3"
+    );
+    for read_ahead in [ReadAhead::Thread, ReadAhead::Inline] {
+        let run = |text: String| async move {
+            let store = EmbeddedStore::in_memory().unwrap();
+            let rows =
+                RowReader::new(std::io::Cursor::new(text.into_bytes()), Format::Csv).unwrap();
+            let mut rejects = Rejects::new(Vec::new()).unwrap();
+            ingest_with(
+                read_ahead,
+                3,
+                rows,
+                &service(store, 0),
+                &mut rejects,
+                |_| {},
+                || true,
+            )
+            .await
+        };
+        let whole = run(format!("{header}{window}")).await;
+        assert!(
+            matches!(&whole, Ok(s) if s.rows == 3 && s.accepted == 3),
+            "{whole:?}"
+        );
+        let more = run(format!("{header}{window}{}", row("r4"))).await;
+        match more {
+            Err(IngestError::Stopped {
+                summary,
+                line,
+                cause: StopCause::Interrupted,
+            }) => assert_eq!((summary.accepted, line), (3, 6)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// A publisher that drops everything: these tests look at the store only.
 #[derive(Clone)]
 struct Nowhere;
