@@ -259,6 +259,12 @@ fn existing(dir: &Path) -> Result<(), String> {
     if EmbeddedStore::exists(dir) {
         return Ok(());
     }
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "data dir {} is a file, not a directory. Check --data-dir / TALLY_DATA_DIR",
+            dir.display()
+        ));
+    }
     Err(format!(
         "data dir {}: no tally data there (no tally.redb); `tally ingest` or `tally serve` \
          creates it. Check --data-dir / TALLY_DATA_DIR",

@@ -620,4 +620,24 @@ fn a_mistyped_data_dir_is_an_error_and_creates_nothing() {
         assert!(err.contains("no tally data there"), "{args:?}: {err}");
         assert!(!dir.exists(), "{args:?} created the data dir");
     }
+    // A data dir that is a file is named as one, by readers and by `ingest` alike (found
+    // from the outside: "no tally.redb" and "cannot create …: File exists").
+    std::fs::write(&dir, "not a directory").unwrap();
+    let csv = std::env::temp_dir().join(format!("tally-file-dir-{}.csv", std::process::id()));
+    std::fs::write(&csv, "txn_id,account,kind,amount,occurred_at,reverses\n").unwrap();
+    for args in [&["verify"][..], &["ingest", csv.to_str().unwrap()]] {
+        let out = tally_bin()
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("is a file, not a directory"),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_file(&dir);
+    let _ = std::fs::remove_file(&csv);
 }

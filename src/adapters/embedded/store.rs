@@ -295,6 +295,12 @@ impl EmbeddedStore {
 
     /// Opens (or creates) `dir/tally.redb`, creating `dir` if needed.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(unavailable(format_args!(
+                "{} is a file, not a directory: a data dir is a directory holding {FILE}",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format_args!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE);
