@@ -368,6 +368,12 @@ where
             .chain(window.invalid.first().map(|e| e.line))
             .min()
             .unwrap_or(0);
+        let last_start = window.rows.last().map(|r| r.line);
+        let last_start = last_start
+            .into_iter()
+            .chain(window.invalid.last().map(|e| e.line))
+            .max()
+            .unwrap_or(0);
         let parts = match read_ahead {
             ReadAhead::Thread => parts_for(window.rows.len()),
             ReadAhead::Inline => INGEST_PARTS,
@@ -396,14 +402,22 @@ where
             break;
         }
         // Asked to stop after a full window (one short of full was the input's last): the
-        // next window, read ahead already, says whether anything is left and the line a
-        // rerun resumes at (its first row's, however many lines the rows before it took).
+        // next window, usually read ahead already, says whether anything is left and the
+        // line a rerun resumes at (its first row's, however many lines the rows before it
+        // took). A reader still waiting for input (a pipe) is not waited for: then the line
+        // after the last row's start is named.
         if read >= window_rows && stop() {
-            match source.next().await.as_ref().and_then(window_start) {
-                Some(line) => {
+            match tokio::time::timeout(NEXT_WINDOW_WAIT, source.next()).await {
+                Ok(next) => match next.as_ref().and_then(window_start) {
+                    Some(line) => {
+                        return Err(stopped(summary, started, line, StopCause::Interrupted));
+                    }
+                    None => break, // the input ended with this window
+                },
+                Err(_) => {
+                    let line = last_start + 1;
                     return Err(stopped(summary, started, line, StopCause::Interrupted));
                 }
-                None => break, // the input ended with this window
             }
         }
     }
@@ -414,6 +428,9 @@ where
         None => Ok(summary),
     }
 }
+
+/// How long a stop waits for the next window to learn whether the input has more.
+const NEXT_WINDOW_WAIT: Duration = Duration::from_secs(1);
 
 /// The line a window starts at; `None` for the empty window after the input's last.
 fn window_start(w: &Window) -> Option<u64> {

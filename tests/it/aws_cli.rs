@@ -424,6 +424,60 @@ async fn a_stop_after_the_last_full_window_is_no_stop_and_names_the_next_rows_li
     }
 }
 
+/// A stop does not wait on a reader that waits for input (a pipe whose writer pauses): it
+/// names the line after the last row's start, within about a second.
+#[tokio::test]
+async fn a_stop_does_not_wait_for_input_that_has_not_come() {
+    use std::io::Read;
+    use tally::codec::rows::{Format, RowReader};
+    use tally::service::ingest::{IngestError, ReadAhead, Rejects, ingest_with};
+    /// Its first bytes, then nothing until the sender is dropped (then the end).
+    struct Paused {
+        head: std::io::Cursor<Vec<u8>>,
+        gate: std::sync::mpsc::Receiver<()>,
+    }
+    impl Read for Paused {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.head.read(out)?;
+            if n == 0 {
+                let _ = self.gate.recv();
+            }
+            Ok(n)
+        }
+    }
+    let text = "txn_id,account,kind,amount,occurred_at,reverses\n\
+                p1,s,deposit,1,2026-11-01T09:00:00Z,\n\
+                p2,s,deposit,1,2026-11-01T09:00:00Z,\n\
+                p3,s,deposit,1,2026-11-01T09:00:00Z,\n";
+    let (open, gate) = std::sync::mpsc::channel();
+    let input = Paused {
+        head: std::io::Cursor::new(text.as_bytes().to_vec()),
+        gate,
+    };
+    let rows = RowReader::new(input, Format::Csv).unwrap();
+    let commands = service(EmbeddedStore::in_memory().unwrap(), 0);
+    let mut rejects = Rejects::new(Vec::new()).unwrap();
+    let started = std::time::Instant::now();
+    let run = ingest_with(
+        ReadAhead::Thread,
+        3,
+        rows,
+        &commands,
+        &mut rejects,
+        |_| {},
+        || true,
+    );
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+    drop(open); // the reader thread sees the end and exits
+    match result {
+        Ok(Err(IngestError::Stopped { summary, line, .. })) => {
+            assert_eq!((summary.accepted, line), (3, 5));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
 /// A publisher that drops everything: these tests look at the store only.
 #[derive(Clone)]
 struct Nowhere;
