@@ -362,18 +362,8 @@ where
                 return Err(stopped(summary, started, e.line, StopCause::Rejects(io)));
             }
         }
-        let first_line = window.rows.first().map(|r| r.line);
-        let first_line = first_line
-            .into_iter()
-            .chain(window.invalid.first().map(|e| e.line))
-            .min()
-            .unwrap_or(0);
-        let last_start = window.rows.last().map(|r| r.line);
-        let last_start = last_start
-            .into_iter()
-            .chain(window.invalid.last().map(|e| e.line))
-            .max()
-            .unwrap_or(0);
+        let first_line = window_start(&window).unwrap_or(0);
+        let last_start = last_row_start(&window);
         let parts = match read_ahead {
             ReadAhead::Thread => parts_for(window.rows.len()),
             ReadAhead::Inline => INGEST_PARTS,
@@ -434,9 +424,24 @@ const NEXT_WINDOW_WAIT: Duration = Duration::from_secs(1);
 
 /// The line a window starts at; `None` for the empty window after the input's last.
 fn window_start(w: &Window) -> Option<u64> {
-    let rows = w.rows.first().map(|r| r.line);
-    let lines = rows.into_iter().chain(w.invalid.first().map(|e| e.line));
-    lines.min().or(w.fatal.as_ref().map(|e| e.line))
+    let firsts = [
+        w.rows.first().map(|r| r.line),
+        w.invalid.first().map(|e| e.line),
+    ];
+    firsts
+        .into_iter()
+        .flatten()
+        .min()
+        .or(w.fatal.as_ref().map(|e| e.line))
+}
+
+/// The line a window's last row (valid or not) starts on; 0 for an empty window.
+fn last_row_start(w: &Window) -> u64 {
+    let lasts = [
+        w.rows.last().map(|r| r.line),
+        w.invalid.last().map(|e| e.line),
+    ];
+    lasts.into_iter().flatten().max().unwrap_or(0)
 }
 
 fn stopped(

@@ -600,6 +600,16 @@ async fn tally_parked_list_and_redrive_on_dynamodb() {
 fn a_mistyped_data_dir_is_an_error_and_creates_nothing() {
     let dir = std::env::temp_dir().join(format!("tally-no-such-dir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // Fails, and says what on stderr.
+    let failing = |args: &[&str]| {
+        let out = tally_bin()
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     for args in [
         &["verify"][..],
         &["balance", "alice"],
@@ -610,13 +620,7 @@ fn a_mistyped_data_dir_is_an_error_and_creates_nothing() {
         &["quarantine", "list"],
         &["quarantine", "redrive"],
     ] {
-        let out = tally_bin()
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = failing(args);
         assert!(err.contains("no tally data there"), "{args:?}: {err}");
         assert!(!dir.exists(), "{args:?} created the data dir");
     }
@@ -626,13 +630,7 @@ fn a_mistyped_data_dir_is_an_error_and_creates_nothing() {
     let csv = std::env::temp_dir().join(format!("tally-file-dir-{}.csv", std::process::id()));
     std::fs::write(&csv, "txn_id,account,kind,amount,occurred_at,reverses\n").unwrap();
     for args in [&["verify"][..], &["ingest", csv.to_str().unwrap()]] {
-        let out = tally_bin()
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = failing(args);
         assert!(
             err.contains("is a file, not a directory"),
             "{args:?}: {err}"

@@ -159,6 +159,25 @@ fn tally() -> std::process::Command {
     crate::harness::tally_bin()
 }
 
+/// `tally ingest FILE` into `dir/db`, which must succeed: its stdout, and its rejects file.
+fn ingest_file(dir: &std::path::Path, file: &std::path::Path) -> (String, String) {
+    let rejects = dir.join("rejects.csv");
+    let out = tally()
+        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
+        .arg(file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (stdout, std::fs::read_to_string(&rejects).unwrap())
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -177,23 +196,9 @@ fn the_cli_reports_an_undecodable_line_and_books_the_rest() {
     body.extend_from_slice(b"\xc3\x28 not utf-8\n");
     body.extend_from_slice(b"{\"txn_id\":\"c2\",\"account\":\"cli\",\"kind\":\"deposit\",\"amount\":7,\"occurred_at\":\"2026-11-01T09:00:00Z\"}\n");
     std::fs::write(&file, body).unwrap();
-    let rejects = dir.join("rejects.csv");
-    let out = tally()
-        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
-        .arg(&file)
-        .arg("--rejects")
-        .arg(&rejects)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, rejected) = ingest_file(&dir, &file);
     assert!(stdout.contains("3 rows, 2 accepted"), "{stdout}");
     assert!(stdout.contains("1 invalid"), "{stdout}");
-    let rejected = std::fs::read_to_string(&rejects).unwrap();
     assert!(
         rejected.lines().nth(1).unwrap().starts_with("2,,,invalid,"),
         "{rejected}"
@@ -217,18 +222,8 @@ fn the_cli_names_invalid_rows_by_their_txn_id_and_account() {
          t5,bob,deposit,5,2026-11-01T09:00:00Z,\n"
     );
     std::fs::write(&file, body).unwrap();
-    let rejects = dir.join("rejects.csv");
-    let out = tally()
-        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
-        .arg(&file)
-        .arg("--rejects")
-        .arg(&rejects)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (stdout, rejected) = ingest_file(&dir, &file);
     assert!(stdout.contains("5 rows, 1 accepted"), "{stdout}");
-    let rejected = std::fs::read_to_string(&rejects).unwrap();
     let mut lines: Vec<&str> = rejected.lines().skip(1).collect();
     lines.sort_unstable();
     let starts = [
@@ -260,20 +255,7 @@ fn the_cli_writes_rejects_in_line_order() {
                 x1,c,deposit,oops,2026-11-01T09:00:00Z,\n\
                 w3,b,withdrawal,8,2026-11-01T09:00:00Z,\n";
     std::fs::write(&file, body).unwrap();
-    let rejects = dir.join("rejects.csv");
-    let out = tally()
-        .args(["--data-dir", dir.join("db").to_str().unwrap(), "ingest"])
-        .arg(&file)
-        .arg("--rejects")
-        .arg(&rejects)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let rejected = std::fs::read_to_string(&rejects).unwrap();
+    let (_, rejected) = ingest_file(&dir, &file);
     let lines: Vec<&str> = rejected
         .lines()
         .skip(1)

@@ -150,11 +150,6 @@ impl TxnIndex {
         }
     }
 
-    /// Room for `more` ids without growing while they are inserted.
-    pub fn reserve(&mut self, more: usize) {
-        self.by_hash.reserve(more);
-    }
-
     /// Replaces the outcome of an indexed id (a booking's `reversed` flag); `exact` says
     /// where [`TxnIndex::get`] found it.
     pub fn update(&mut self, account: &str, txn: &str, exact: bool, slot: Slot) {
